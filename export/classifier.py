@@ -1,0 +1,295 @@
+"""Export text classifiers: Hugging Face sequence classifiers, or an embedding body + a scikit-learn linear head.
+
+Either way the ONNX graph takes token ids and attention mask (and token type ids where the model uses them)
+with dynamic batch and sequence axes, and returns per-label probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from export import quantize, sources
+from export.errors import ExportError
+from export.package import choose_version, find_existing, staging_folder, tool_versions
+from export.progress import say, step
+from export.samples import CLASSIFIER_TEXTS
+from services.core.manifest import (
+    MODEL_FILE,
+    TASK_CLASSIFICATION,
+    TOKENIZER_FILE,
+    Manifest,
+    TensorSpec,
+    sha256_of,
+)
+
+OPSET = 17
+FP32_TOLERANCE = 1e-4
+FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class ClassifierExport:
+    """What to export and where; built from the CLI or by `export defaults`."""
+
+    model: str
+    name: str
+    out: Path
+    version: int | None = None
+    quantize: str | None = None  # None or "int8"
+    head: Path | None = None
+    label_map: Path | None = None
+    max_length: int | None = None
+    force: bool = False
+
+
+def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
+    """Export, check parity, optionally quantize, and write job.out/name/version; returns manifest and folder."""
+    folder = sources.check_source(job.model)
+    head = _load_head(job.head, job.label_map) if job.head else None
+    digest = None
+    if folder is not None:
+        extra = json.dumps({"task": "classifier", "quantize": job.quantize, "max_length": job.max_length})
+        digest = sources.inputs_digest([folder, *(p for p in (job.head, job.label_map) if p)], extra)
+        if job.version is None and (previous := find_existing(job.out, job.name, digest)):
+            say(f"[export] {job.name} v{previous.version} already exported from the same inputs; skipping")
+            return previous, job.out / job.name / str(previous.version)
+    version = choose_version(job.out, job.name, job.version, job.force)
+
+    with step(f"loading {job.model}"):
+        tokenizer = sources.load(job.model, "tokenizer", AutoTokenizer.from_pretrained)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ExportError(f"{job.model} has no fast tokenizer (tokenizer.json); the services need one")
+        if head is None:
+            model = sources.load(job.model, "model", AutoModelForSequenceClassification.from_pretrained)
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            module: torch.nn.Module = _SequenceClassifier(model)
+        else:
+            body = sources.load(job.model, "model", AutoModel.from_pretrained)
+            hidden = int(body.config.hidden_size)
+            if head.coef.shape[1] != hidden:
+                raise ExportError(
+                    f"head {job.head} expects {head.coef.shape[1]}-dimensional embeddings, "
+                    f"but {job.model} produces {hidden}"
+                )
+            labels = head.labels
+            module = _EmbeddingClassifier(body, head.coef, head.intercept)
+        module.eval()
+
+    feed_names = [n for n in FEED_NAMES if n in tokenizer.model_input_names or n == "attention_mask"]
+    module.feed_names = feed_names  # type: ignore[assignment]
+    max_length = job.max_length or _max_length(job.model, folder, tokenizer, module)
+
+    with staging_folder(job.out, job.name, version) as stage:
+        fp32_path = stage / "model.fp32.onnx"
+        with step("exporting to ONNX"):
+            dummy = tokenizer(["a short text", "a somewhat longer text for tracing"], padding=True, return_tensors="pt")
+            axes = {n: {0: "batch", 1: "sequence"} for n in feed_names}
+            axes["probabilities"] = {0: "batch"}
+            with torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    tuple(dummy[n] if n in dummy else torch.zeros_like(dummy["input_ids"]) for n in feed_names),
+                    str(fp32_path),
+                    input_names=feed_names,
+                    output_names=["probabilities"],
+                    dynamic_axes=axes,
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+        with step("parity check against PyTorch"):
+            feeds = _encode(tokenizer, CLASSIFIER_TEXTS, feed_names, max_length)
+            with torch.no_grad():
+                expected = module(*(torch.from_numpy(feeds[n]) for n in feed_names)).numpy()
+            fp32_probs = _run_onnx(fp32_path, feeds)
+            max_diff = float(np.abs(fp32_probs - expected).max())
+            say(f"[export] fp32 max abs diff vs PyTorch: {max_diff:.2e} (limit {FP32_TOLERANCE:.0e})")
+            if not max_diff <= FP32_TOLERANCE:
+                raise ExportError(
+                    f"parity check failed: ONNX probabilities differ from PyTorch by {max_diff:.2e} "
+                    f"(limit {FP32_TOLERANCE:.0e}); the model likely uses an op the exporter does not trace right"
+                )
+        parity: dict[str, Any] = {
+            "reference": "pytorch",
+            "texts": len(CLASSIFIER_TEXTS),
+            "padded_batch": True,
+            "fp32_max_abs_diff": max_diff,
+            "tolerance": FP32_TOLERANCE,
+            "top1_agreement_fp32_vs_pytorch": _agreement(fp32_probs, expected),
+        }
+        quantization: dict[str, Any] = {"method": "none"}
+        model_path = stage / MODEL_FILE
+        if job.quantize == "int8":
+            method = quantize.quantize_int8_per_channel(fp32_path, model_path)
+            quant_probs = _run_onnx(model_path, feeds)
+            quantization = {
+                "method": method,
+                "top1_agreement_vs_fp32": _agreement(quant_probs, fp32_probs),
+                "max_abs_diff_vs_fp32": float(np.abs(quant_probs - fp32_probs).max()),
+                "texts": len(CLASSIFIER_TEXTS),
+            }
+            say(f"[export] int8 top-1 agreement with fp32: {quantization['top1_agreement_vs_fp32']:.3f}")
+            fp32_path.unlink()
+        elif job.quantize is not None:
+            raise ExportError(f"--quantize {job.quantize}: classifiers support int8 only")
+        else:
+            fp32_path.rename(model_path)
+
+        backend = tokenizer.backend_tokenizer
+        # Padding and truncation are the service's decision (bucketed batches); never ship them fixed.
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(stage / TOKENIZER_FILE))
+        manifest = Manifest(
+            task=TASK_CLASSIFICATION,
+            name=job.name,
+            version=version,
+            sha256=sha256_of(model_path),
+            max_sequence_length=max_length,
+            inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in feed_names],
+            outputs=[TensorSpec("probabilities", "float32", ["batch", len(labels)])],
+            labels=labels,
+            padding_side="right",
+            special_tokens={"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token},
+            quantization=quantization,
+            parity=parity,
+            source={
+                "model": job.model,
+                "kind": "local" if folder else "hub",
+                "head": str(job.head) if job.head else None,
+                "label_map": str(job.label_map) if job.label_map else None,
+                "architecture": "embedding+linear-head" if head else "sequence-classification",
+                "inputs_sha256": digest,
+            },
+            tool_versions=tool_versions(),
+            opset=OPSET,
+        )
+        manifest.write(stage)
+    target = job.out / job.name / str(version)
+    say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {len(labels)} labels)")
+    return manifest, target
+
+
+class _SequenceClassifier(torch.nn.Module):
+    """Softmax over a Hugging Face sequence classifier's logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.feed_names: list[str] = []
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        logits = self.model(**dict(zip(self.feed_names, tensors, strict=True))).logits
+        return torch.softmax(logits, dim=-1)
+
+
+class _EmbeddingClassifier(torch.nn.Module):
+    """Body -> mean pooling over the attention mask -> L2 normalise -> linear head -> softmax."""
+
+    def __init__(self, body: torch.nn.Module, coef: np.ndarray, intercept: np.ndarray) -> None:
+        super().__init__()
+        self.body = body
+        self.feed_names: list[str] = []
+        self.binary = coef.shape[0] == 1
+        self.register_buffer("weight", torch.tensor(coef, dtype=torch.float32))
+        self.register_buffer("bias", torch.tensor(intercept, dtype=torch.float32))
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        feeds = dict(zip(self.feed_names, tensors, strict=True))
+        hidden = self.body(**feeds).last_hidden_state
+        mask = feeds["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        embedding = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        logits = embedding @ self.weight.T + self.bias
+        if self.binary:  # scikit-learn's binary head scores the positive class only
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        return torch.softmax(logits, dim=-1)
+
+
+@dataclass(frozen=True)
+class _Head:
+    coef: np.ndarray
+    intercept: np.ndarray
+    labels: list[str]
+
+
+def _load_head(path: Path, label_map_path: Path | None) -> _Head:
+    import joblib
+
+    if not path.is_file():
+        raise ExportError(f"head file {path} does not exist")
+    try:
+        head = joblib.load(path)
+    except Exception as err:
+        raise ExportError(f"cannot read head file {path} with joblib: {err}") from err
+    missing = [a for a in ("coef_", "intercept_", "classes_") if not hasattr(head, a)]
+    if missing:
+        raise ExportError(f"head {path} is not a fitted scikit-learn linear model (missing {', '.join(missing)})")
+    coef = np.asarray(head.coef_, dtype=np.float32)
+    intercept = np.atleast_1d(np.asarray(head.intercept_, dtype=np.float32))
+    classes = [str(c) for c in head.classes_]
+    if coef.ndim != 2 or coef.shape[0] not in (1, len(classes)):
+        raise ExportError(f"head {path}: coef_ shape {coef.shape} does not fit {len(classes)} classes")
+    mapping: dict[str, str] = {}
+    if label_map_path is not None:
+        if not label_map_path.is_file():
+            raise ExportError(f"label map {label_map_path} does not exist")
+        raw = (
+            json.loads(label_map_path.read_text())
+            if label_map_path.suffix == ".json"
+            else joblib.load(label_map_path)
+        )
+        mapping = _label_names(dict(raw))
+    return _Head(coef, intercept, [mapping.get(c, c) for c in classes])
+
+
+def _label_names(raw: dict[Any, Any]) -> dict[str, str]:
+    """Class id -> label name from a label map written either way round (id -> name, or name -> id)."""
+    mapping: dict[str, str] = {}
+    for key, value in raw.items():
+        key, value = str(key), str(value)
+        if key.lstrip("-").isdigit() and not value.lstrip("-").isdigit():
+            mapping[key] = value
+        elif value.lstrip("-").isdigit() and not key.lstrip("-").isdigit():
+            mapping[value] = key
+        else:
+            mapping.setdefault(key, value)
+    return mapping
+
+
+def _max_length(model: str, folder: Path | None, tokenizer: Any, module: Any) -> int:
+    config = (module.model if hasattr(module, "model") else module.body).config
+    limits = [int(getattr(config, "max_position_embeddings", 512))]
+    if 0 < (tokenizer.model_max_length or 0) < 100_000:
+        limits.append(int(tokenizer.model_max_length))
+    if folder is not None and (folder / "sentence_bert_config.json").is_file():
+        # sentence-transformers bodies were trained (and are evaluated) at this length
+        limits.append(int(json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]))
+    return min(limits)
+
+
+def _encode(tokenizer: Any, texts: list[str], feed_names: list[str], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {
+        n: np.asarray(encoded[n], dtype=np.int64)
+        if n in encoded
+        else np.zeros_like(encoded["input_ids"], dtype=np.int64)
+        for n in feed_names
+    }
+
+
+def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], feeds)[0]
+
+
+def _agreement(left: np.ndarray, right: np.ndarray) -> float:
+    return float((left.argmax(axis=1) == right.argmax(axis=1)).mean())
+

@@ -1,0 +1,386 @@
+"""Export decoder-only causal LMs to ONNX with their KV cache, for continuous batching in the generator service.
+
+The graph: inputs input_ids [batch, sequence], attention_mask [batch, past_sequence + sequence],
+position_ids [batch, sequence] and past_key_values.<layer>.key|value [batch, kv_heads, past_sequence, head_dim];
+outputs logits [batch, sequence, vocab] and present.<layer>.key|value [batch, kv_heads, total_sequence, head_dim].
+A prefill passes a past of length 0. Sequences of different lengths share a batch through LEFT padding: padded
+positions have attention_mask 0, and position ids count real tokens only (cumsum(mask) - 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+
+from export import quantize, sources
+from export.errors import ExportError
+from export.package import choose_version, find_existing, staging_folder, tool_versions
+from export.progress import say, step
+from export.samples import GENERATOR_PROMPTS
+from services.core.manifest import (
+    CHAT_TEMPLATE_FILE,
+    MODEL_FILE,
+    TASK_GENERATION,
+    TOKENIZER_FILE,
+    Manifest,
+    TensorSpec,
+    sha256_of,
+)
+
+OPSET = 17
+FP32_LOGITS_TOLERANCE = 1e-3
+GREEDY_TOKENS = 20
+QUANTIZERS = {"int8": quantize.quantize_int8_decoder, "int4": quantize.quantize_int4_weight_only}
+
+
+@dataclass(frozen=True)
+class GeneratorExport:
+    """What to export and where; built from the CLI or by `export defaults`."""
+
+    model: str
+    name: str
+    out: Path
+    gguf_file: str | None = None
+    version: int | None = None
+    quantize: str | None = None  # None, "int8" or "int4"
+    force: bool = False
+
+
+class _DecoderWithCache(torch.nn.Module):
+    """Flat tensors in and out around a Hugging Face causal LM, so the KV cache crosses the ONNX boundary."""
+
+    def __init__(self, model: torch.nn.Module, num_layers: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_layers = num_layers
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)]
+        cache = DynamicCache(pairs, config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+
+def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
+    """Export with KV cache, check parity and greedy decoding, optionally quantize, write the version folder."""
+    folder = sources.check_source(job.model, job.gguf_file)
+    if job.quantize not in (None, *QUANTIZERS):
+        raise ExportError(f"--quantize {job.quantize}: generators support {', '.join(QUANTIZERS)}")
+    digest = None
+    if folder is not None:
+        extra = json.dumps({"task": "generator", "gguf": job.gguf_file, "quantize": job.quantize})
+        inputs = [folder / job.gguf_file] if job.gguf_file else [folder]
+        digest = sources.inputs_digest(inputs, extra)
+        if job.version is None and (previous := find_existing(job.out, job.name, digest)):
+            say(f"[export] {job.name} v{previous.version} already exported from the same inputs; skipping")
+            return previous, job.out / job.name / str(previous.version)
+    version = choose_version(job.out, job.name, job.version, job.force)
+
+    model, tokenizer = load_causal_lm(job.model, job.gguf_file)
+    layers, pad_id, eos_ids = _describe(model, tokenizer)
+    module = _DecoderWithCache(model, layers).eval()
+    input_names = ["input_ids", "attention_mask", "position_ids"]
+    past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+    with staging_folder(job.out, job.name, version) as stage:
+        fp32_path = stage / "model.fp32.onnx"
+        with step("exporting to ONNX with KV cache"), torch.no_grad():
+            args = _tracing_inputs(model, layers)
+            axes: dict[str, dict[int, str]] = {
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "total_sequence"},
+                "position_ids": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch", 1: "sequence"},
+            }
+            axes.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
+            axes.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
+            torch.onnx.export(
+                module,
+                args,
+                str(fp32_path),
+                input_names=input_names + past_names,
+                output_names=["logits", *present_names],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        fp32 = _OnnxDecoder(fp32_path, layers)
+        with step("parity check: prefill and two cached decode steps vs PyTorch"):
+            logits_diff = _logits_parity(module, fp32, tokenizer, layers)
+        say(f"[export] logits max abs diff vs PyTorch: {logits_diff:.2e} (limit {FP32_LOGITS_TOLERANCE:.0e})")
+        if not logits_diff <= FP32_LOGITS_TOLERANCE:
+            raise ExportError(
+                f"parity check failed: ONNX logits differ from PyTorch by {logits_diff:.2e} "
+                f"(limit {FP32_LOGITS_TOLERANCE:.0e})"
+            )
+        with step(f"parity check: greedy {GREEDY_TOKENS} tokens on a left-padded batch vs PyTorch generate"):
+            prompts = sample_prompts(tokenizer)
+            expected = [_torch_greedy(model, ids, pad_id, eos_ids) for ids in prompts]
+            fp32_tokens = fp32.greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
+        if fp32_tokens != expected:
+            raise ExportError(
+                "parity check failed: greedy decoding through onnxruntime on a left-padded batch differs from "
+                f"PyTorch generate on each prompt alone (onnx {fp32_tokens}, torch {expected})"
+            )
+        parity: dict[str, Any] = {
+            "reference": "pytorch",
+            "logits_max_abs_diff": logits_diff,
+            "logits_tolerance": FP32_LOGITS_TOLERANCE,
+            "logits_checked": "prefill (left-padded batch, valid positions) + 2 cached decode steps",
+            "greedy_tokens": GREEDY_TOKENS,
+            "greedy_prompts": len(prompts),
+            "greedy_identical_to_generate": True,
+        }
+        quantization: dict[str, Any] = {"method": "none"}
+        model_path = stage / MODEL_FILE
+        if job.quantize:
+            method = QUANTIZERS[job.quantize](fp32_path, model_path)
+            with step("greedy-token agreement of the quantized model with fp32"):
+                quantized_tokens = _OnnxDecoder(model_path, layers).greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
+            quantization = {"method": method, **_token_agreement(quantized_tokens, fp32_tokens)}
+            say(f"[export] {job.quantize} greedy-token agreement with fp32: {quantization['token_agreement']:.3f}")
+            fp32_path.unlink()
+        else:
+            fp32_path.rename(model_path)
+
+        chat_template = getattr(tokenizer, "chat_template", None)
+        if isinstance(chat_template, str) and chat_template:
+            (stage / CHAT_TEMPLATE_FILE).write_text(chat_template)
+        backend = tokenizer.backend_tokenizer
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(stage / TOKENIZER_FILE))
+        kv_shape = list(args[3].shape)
+        manifest = Manifest(
+            task=TASK_GENERATION,
+            name=job.name,
+            version=version,
+            sha256=sha256_of(model_path),
+            max_sequence_length=_max_positions(model.config),
+            inputs=[
+                TensorSpec("input_ids", "int64", ["batch", "sequence"]),
+                TensorSpec("attention_mask", "int64", ["batch", "total_sequence"]),
+                TensorSpec("position_ids", "int64", ["batch", "sequence"]),
+                *(TensorSpec(n, "float32", ["batch", kv_shape[1], "past_sequence", kv_shape[3]]) for n in past_names),
+            ],
+            outputs=[
+                TensorSpec("logits", "float32", ["batch", "sequence", int(model.config.vocab_size)]),
+                *(
+                    TensorSpec(n, "float32", ["batch", kv_shape[1], "total_sequence", kv_shape[3]])
+                    for n in present_names
+                ),
+            ],
+            padding_side="left",
+            special_tokens={
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_ids": eos_ids,
+                "pad_token_id": pad_id,
+                "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token,
+                "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
+            },
+            quantization=quantization,
+            parity=parity,
+            source={
+                "model": job.model,
+                "file": job.gguf_file,
+                "kind": "local" if folder else "hub",
+                "architecture": model.config.model_type,
+                "inputs_sha256": digest,
+            },
+            tool_versions=tool_versions(),
+            opset=OPSET,
+            decoder={
+                "num_layers": layers,
+                "num_kv_heads": kv_shape[1],
+                "head_dim": kv_shape[3],
+                "past_inputs": past_names,
+                "present_outputs": present_names,
+                "kv_dtype": "float32",
+                "position_ids": "cumsum(attention_mask) - 1",
+            },
+        )
+        manifest.write(stage)
+    target = job.out / job.name / str(version)
+    say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {layers} layers)")
+    return manifest, target
+
+
+def load_causal_lm(model_id: str, gguf_file: str | None) -> tuple[Any, Any]:
+    """Load tokenizer and fp32 model (GGUF weights are dequantized by transformers); check the architecture."""
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    with step(f"loading {model_id}" + (f" ({gguf_file})" if gguf_file else "")):
+        tokenizer = sources.load(model_id, "tokenizer", AutoTokenizer.from_pretrained, **kwargs)
+        model = sources.load(model_id, "model", AutoModelForCausalLM.from_pretrained, dtype=torch.float32, **kwargs)
+    if model.config.model_type not in sources.SUPPORTED_GENERATORS:
+        raise ExportError(
+            f"unsupported architecture {model.config.model_type!r}: the generator export supports "
+            f"{', '.join(sources.SUPPORTED_GENERATORS)} (decoder-only causal LMs)"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(f"{model_id} has no fast tokenizer (tokenizer.json); the services need one")
+    return model.eval(), tokenizer
+
+
+def _describe(model: Any, tokenizer: Any) -> tuple[int, int, list[int]]:
+    """Number of layers, pad token id (eos when the model has none) and every end-of-text token id."""
+    eos: set[int] = set()
+    for source in (model.generation_config.eos_token_id, model.config.eos_token_id, tokenizer.eos_token_id):
+        if source is not None:
+            eos.update(source if isinstance(source, list) else [source])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    layers = int(model.config.get_text_config().num_hidden_layers)
+    return layers, int(pad), sorted(eos)
+
+
+def _max_positions(config: Any) -> int:
+    for attribute in ("max_position_embeddings", "n_positions"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    return 2048
+
+
+def _tracing_inputs(model: Any, layers: int) -> tuple[torch.Tensor, ...]:
+    """A batch of two with a left-padded row and a non-empty past, so no shape is specialised while tracing."""
+    with torch.no_grad():
+        probe = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).past_key_values
+    _, kv_heads, _, head_dim = probe.layers[0].keys.shape
+    past_len = 3
+    input_ids = torch.tensor([[5, 6], [7, 8]], dtype=torch.long)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.long)
+    positions = torch.tensor([[2, 3], [3, 4]], dtype=torch.long)
+    past = [torch.randn(2, kv_heads, past_len, head_dim) for _ in range(2 * layers)]
+    return (input_ids, mask, positions, *past)
+
+
+class _OnnxDecoder:
+    """Plain onnxruntime decoding over the exported graph, for the parity and agreement checks."""
+
+    def __init__(self, path: Path, layers: int) -> None:
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.layers = layers
+        past = self.session.get_inputs()[3]
+        self.kv_heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
+
+    def step(
+        self, input_ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        feeds.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": t for i, t in enumerate(past)})
+        logits, *present = self.session.run(None, feeds)
+        return logits, present
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for _ in range(2 * self.layers)]
+
+    def greedy(self, prompts: list[list[int]], pad_id: int, eos_ids: list[int], steps: int) -> list[list[int]]:
+        """Greedy tokens per prompt, all prompts in one left-padded batch; a row stops after its first eos."""
+        ids, mask = _left_pad(prompts, pad_id)
+        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
+        logits, past = self.step(ids, mask, positions, self.empty_past(len(prompts)))
+        outputs: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for _ in range(steps):
+            next_ids = logits[:, -1, :].argmax(axis=-1)
+            for row, token in enumerate(next_ids.tolist()):
+                if not done[row]:
+                    outputs[row].append(token)
+                    done[row] = token in eos_ids
+            if all(done):
+                break
+            positions = positions[:, -1:] + 1
+            mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+            logits, past = self.step(next_ids[:, None].astype(np.int64), mask, positions, past)
+        return outputs
+
+
+def sample_prompts(tokenizer: Any) -> list[list[int]]:
+    """Token ids of the sample prompts, as chat turns when the model has a chat template (how it is served)."""
+    if getattr(tokenizer, "chat_template", None):
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            for p in GENERATOR_PROMPTS
+        ]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in GENERATOR_PROMPTS]
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def _logits_parity(module: _DecoderWithCache, onnx: _OnnxDecoder, tokenizer: Any, layers: int) -> float:
+    """Max abs logits difference over the valid positions of a left-padded prefill and two decode steps."""
+    prompts = sample_prompts(tokenizer)
+    ids, mask = _left_pad(prompts, 0)
+    positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
+    torch_past: list[torch.Tensor] = [torch.from_numpy(t) for t in onnx.empty_past(len(prompts))]
+    onnx_past = onnx.empty_past(len(prompts))
+    worst = 0.0
+    valid = mask.astype(bool)
+    for _ in range(3):
+        with torch.no_grad():
+            expected, *torch_past = module(
+                torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(positions), *torch_past
+            )
+        got, onnx_past = onnx.step(ids, mask, positions, onnx_past)
+        worst = max(worst, float(np.abs(got - expected.numpy())[valid].max()))
+        ids = got[:, -1, :].argmax(axis=-1)[:, None].astype(np.int64)
+        positions = positions[:, -1:] + 1
+        mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+        valid = np.ones(ids.shape, bool)
+    return worst
+
+
+def _torch_greedy(model: Any, prompt: list[int], pad_id: int, eos_ids: list[int]) -> list[int]:
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=eos_ids, pad_token_id=pad_id
+    )
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)), generation_config=config)
+    tokens = out[0, len(prompt) :].tolist()
+    for index, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: index + 1]
+    return tokens
+
+
+def _token_agreement(candidate: list[list[int]], reference: list[list[int]]) -> dict[str, Any]:
+    """Share of greedy positions where the quantized model picks the fp32 model's token, and shared prefixes."""
+    matches = total = 0
+    prefixes = []
+    for got, want in zip(candidate, reference, strict=True):
+        length = max(len(got), len(want))
+        matches += sum(1 for a, b in zip(got, want, strict=False) if a == b)
+        total += length
+        prefix = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+        prefixes.append(prefix)
+    return {
+        "token_agreement": matches / total if total else 1.0,
+        "identical_prefix_tokens": prefixes,
+        "greedy_tokens": GREEDY_TOKENS,
+        "prompts": len(reference),
+    }

@@ -1,0 +1,1 @@
+"""ecomserve serving: classifier, generator and gateway services over gRPC."""

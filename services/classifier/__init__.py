@@ -1,0 +1,1 @@
+"""Classifier service: text classification with dynamic batching across concurrent requests."""

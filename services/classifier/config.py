@@ -1,0 +1,47 @@
+"""ClassifierConfig: every knob of the classifier service, with flags and ECOMSERVE_CLASSIFIER_* twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.config import knob, require
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    host: str = knob("0.0.0.0", "address to listen on for gRPC")
+    port: int = knob(50051, "gRPC port (0 picks a free one)")
+    metrics_port: int = knob(9101, "Prometheus /metrics port (0 disables)")
+    models: str = knob("models", "model repository folder (written by `python -m export`)")
+    model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every classifier)")
+    max_batch_size: int = knob(32, "most texts in one model batch")
+    max_queue_delay_ms: float = knob(4.0, "longest time the oldest queued text waits for its batch to fill")
+    max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
+    max_concurrent_batches: int = knob(1, "batches running at once per model (raise on GPUs / many cores)")
+    max_texts_per_request: int = knob(64, "most texts in one Classify request")
+    device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
+    intra_op_threads: int = knob(0, "onnxruntime intra-op threads per model (0: one per core)")
+    tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
+    grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
+    log_level: str = knob("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
+        require(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        require(self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        require(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        require(self.max_concurrent_batches >= 1, "max_concurrent_batches must be >= 1")
+        require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        require(self.tokenizer_threads >= 1, f"tokenizer_threads must be >= 1, got {self.tokenizer_threads}")
+        require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        require(
+            self.log_level in ("debug", "info", "warning", "error"),
+            f"log_level must be debug, info, warning or error, got {self.log_level!r}",
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,190 @@
+"""ClassifierModel: tokenization, batching and post-processing around one exported classifier version.
+
+Texts are tokenized in a thread pool when a request arrives (so their token lengths are known for bucketing),
+queued in the model's DynamicBatcher as one item each, padded per batch to the batch's longest text, and run
+through the OnnxRunner in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from services.core import metrics
+from services.core.batcher import DynamicBatcher
+from services.core.errors import InvalidArgument, ModelFailure
+from services.core.manifest import TOKENIZER_FILE
+from services.core.repository import ModelVersion
+from services.core.runner import OnnxRunner
+
+log = logging.getLogger(__name__)
+SERVICE = "classifier"
+# After this many batches in a row fail inside onnxruntime, the replica stops (NOT_SERVING, exit non-zero).
+MAX_CONSECUTIVE_FAILURES = 3
+WARMUP_TEXT = "warming up the classifier with a sentence of moderate length"
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+    max_concurrent_batches: int
+
+
+@dataclass(frozen=True)
+class ClassifyItem:
+    """One tokenized text waiting for its batch."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    queued_at: float  # time.perf_counter() when tokenized, i.e. when it joined the queue
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Labels with probabilities, best first, for one text."""
+
+    labels: list[tuple[str, float]]
+    token_count: int
+    truncated: bool
+
+
+class ClassifierModel:
+    """One served classifier version. `classify` is safe to call from many concurrent requests; every text
+    becomes one batcher item. Raises InvalidArgument (over-long text without truncate), QueueFull,
+    DeadlineExceeded, Unavailable (draining) and ModelFailure (runtime broken)."""
+
+    def __init__(
+        self,
+        version: ModelVersion,
+        runner: OnnxRunner,
+        batching: BatchingOptions,
+        tokenize_pool: ThreadPoolExecutor,
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.version = version
+        self.runner = runner
+        self.labels = version.manifest.labels
+        self.max_length = version.manifest.max_sequence_length
+        self._label = f"{version.name}/{version.version}"
+        self._feed_names = [spec.name for spec in version.manifest.inputs]
+        self._pad_id = int(version.manifest.special_tokens.get("pad_token_id") or 0)
+        self._tokenizer = Tokenizer.from_file(str(version.folder / TOKENIZER_FILE))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(self.max_length)
+        self._tokenize_pool = tokenize_pool
+        self._infer_pool = ThreadPoolExecutor(batching.max_concurrent_batches, thread_name_prefix="onnx")
+        self._on_fatal = on_fatal
+        self._failures = 0
+        self.batcher: DynamicBatcher[ClassifyItem, np.ndarray] = DynamicBatcher(
+            self.predict_batch,
+            max_batch_size=batching.max_batch_size,
+            max_wait_s=batching.max_queue_delay_ms / 1000,
+            max_queue_size=batching.max_queue_size,
+            max_concurrent_batches=batching.max_concurrent_batches,
+            size_of=lambda item: item.length,
+            on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(SERVICE, self._label, reason).inc(n),
+        )
+        metrics.QUEUE_DEPTH.labels(SERVICE, self._label).set_function(lambda: self.batcher.depth)
+        metrics.RUNTIME_INFO.labels(SERVICE, self._label).info(
+            {"provider": runner.provider, "quantization": version.manifest.quantization.get("method", "none")}
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+        metrics.MODEL_READY.labels(SERVICE, self._label).set(1)
+
+    async def aclose(self) -> None:
+        metrics.MODEL_READY.labels(SERVICE, self._label).set(0)
+        await self.batcher.aclose()
+        self._infer_pool.shutdown(wait=True)
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run a full batch once so the first request does not pay for onnxruntime's lazy initialisation."""
+        items = self._encode([WARMUP_TEXT] * batch_size, truncate=True)
+        self._run_batch([item for item, _ in items])
+
+    async def classify(
+        self, texts: Sequence[str], top_k: int, truncate: bool, deadline: float | None
+    ) -> list[Classification]:
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, texts, truncate)
+        probabilities = await self.batcher.submit_many([item for item, _ in encoded], deadline)
+        return [
+            self._top(probs, top_k, item.length, truncated)
+            for probs, (item, truncated) in zip(probabilities, encoded, strict=True)
+        ]
+
+    async def predict_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._infer_pool, self._run_batch, items)
+
+    def _encode(self, texts: Sequence[str], truncate: bool) -> list[tuple[ClassifyItem, bool]]:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        now = time.perf_counter()
+        items = []
+        for index, encoding in enumerate(encodings):
+            truncated = bool(encoding.overflowing)
+            if truncated and not truncate:
+                raise InvalidArgument(
+                    f"texts[{index}] is longer than the model's max_sequence_length of {self.max_length} tokens; "
+                    "shorten it or set truncate=true"
+                )
+            ids = np.asarray(encoding.ids, dtype=np.int64)
+            items.append((ClassifyItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
+        return items
+
+    def _run_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
+        width = max(item.length for item in items)
+        ids = np.full((len(items), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), width), dtype=np.int64)
+        type_ids = np.zeros((len(items), width), dtype=np.int64)
+        for row, item in enumerate(items):
+            ids[row, : item.length] = item.ids
+            mask[row, : item.length] = 1
+            type_ids[row, : item.length] = item.type_ids
+        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+        started = time.perf_counter()
+        labels = (SERVICE, self._label)
+        for item in items:
+            metrics.QUEUE_DURATION.labels(*labels).observe(started - item.queued_at)
+        try:
+            (probabilities,) = self.runner.run({n: available[n] for n in self._feed_names}, ["probabilities"])
+        except ModelFailure as failure:
+            self._failures += 1
+            if self._failures >= MAX_CONSECUTIVE_FAILURES:
+                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
+            raise
+        self._failures = 0
+        elapsed = time.perf_counter() - started
+        metrics.INFERENCE_DURATION.labels(*labels).observe(elapsed)
+        metrics.BATCH_SIZE.labels(*labels).observe(len(items))
+        metrics.BATCHES.labels(*labels).inc()
+        metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
+        metrics.PADDING_EFFICIENCY.labels(*labels).observe(float(mask.sum()) / mask.size)
+        return list(probabilities)
+
+    def _top(self, probabilities: np.ndarray, top_k: int, length: int, truncated: bool) -> Classification:
+        count = len(self.labels) if top_k == 0 else min(top_k, len(self.labels))
+        if count < len(self.labels):
+            best = np.argpartition(-probabilities, count - 1)[:count]
+            order = best[np.argsort(-probabilities[best], kind="stable")]
+        else:
+            order = np.argsort(-probabilities, kind="stable")
+        return Classification(
+            labels=[(self.labels[i], float(probabilities[i])) for i in order],
+            token_count=length,
+            truncated=truncated,
+        )

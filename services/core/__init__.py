@@ -1,0 +1,1 @@
+"""Transport-agnostic pieces shared by every service; never imports a service package."""

@@ -1,0 +1,110 @@
+"""Typed, frozen service configuration with a command-line flag and an ECOMSERVE_* environment twin per field.
+
+Each service declares one frozen dataclass; every field carries its help text in `metadata["help"]`. Flags are
+the field names in kebab case, the environment variable is ECOMSERVE_<COMPONENT>_<FIELD>; a flag beats the
+environment, which beats the default. Nothing here runs at import time: `parse` is called once in __main__.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def knob(default: Any, help: str) -> Any:
+    """A config field with its user-facing help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def env_name(component: str, field_name: str) -> str:
+    return f"ECOMSERVE_{component.upper()}_{field_name.upper()}"
+
+
+def parse(
+    cls: type[C],
+    component: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    description: str = "",
+    prog: str | None = None,
+) -> C:
+    """Build `cls` from flags, then ECOMSERVE_* variables, then defaults; exits with usage on bad values."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = hints[field.name]
+        env = env_name(component, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata.get('help', '')} [env {env}; default {_show(field.default)}]"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=_converter(kind), default=None, help=help_text, metavar=_metavar(kind))
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(args, field.name)
+        if value is None and env_name(component, field.name) in environ:
+            raw = environ[env_name(component, field.name)]
+            try:
+                value = _converter(hints[field.name])(raw)
+            except (TypeError, ValueError):
+                parser.error(f"{env_name(component, field.name)}={raw!r}: not a valid {_metavar(hints[field.name])}")
+        if value is not None:
+            values[field.name] = value
+    try:
+        return cls(**values)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+def describe(config: Any) -> str:
+    """One line per field: what each service prints at start."""
+    return "\n".join(f"  {f.name} = {_show(getattr(config, f.name))}" for f in dataclasses.fields(config))
+
+
+def require(condition: bool, message: str) -> None:
+    """Validation helper for __post_init__: the message names the field and what it must be."""
+    if not condition:
+        raise ValueError(message)
+
+
+def _converter(kind: Any) -> Any:
+    if kind is bool:
+        return _to_bool
+    if typing.get_origin(kind) is tuple:
+        return _to_tuple
+    return kind
+
+
+def _to_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _to_tuple(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _metavar(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "A,B,..."
+    return getattr(kind, "__name__", str(kind)).upper()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "(all)"
+    return str(value)

@@ -1,0 +1,71 @@
+"""Every Prometheus object of the project. Names: ecomserve_ prefix, base units, counters end in _total.
+
+Labels come only from bounded sets: service, model, method, code, finish_reason, provider, backend.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+
+# The *_created series double the scrape size and no rule or dashboard uses them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+REQUESTS = Counter(
+    "ecomserve_requests_total", "RPCs answered, by final status code.", ["service", "method", "code"]
+)
+REQUEST_DURATION = Histogram(
+    "ecomserve_request_duration_seconds",
+    "Time from receiving an RPC to its final status.",
+    ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+INFLIGHT = Gauge("ecomserve_inflight_requests", "RPCs being handled right now.", ["service"])
+
+QUEUE_DURATION = Histogram(
+    "ecomserve_queue_duration_seconds",
+    "Time an item waited in the batch queue before its batch started.",
+    ["service", "model"],
+    buckets=FAST_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "ecomserve_inference_duration_seconds",
+    "Wall time of one model forward pass over a batch.",
+    ["service", "model"],
+    buckets=FAST_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "ecomserve_batch_size", "Items per executed batch.", ["service", "model"], buckets=BATCH_BUCKETS
+)
+BATCHES = Counter("ecomserve_batches_total", "Batches executed.", ["service", "model"])
+BATCH_ITEMS = Counter(
+    "ecomserve_batch_items_total",
+    "Items executed in batches; mean batch size = rate(batch_items_total) / rate(batches_total).",
+    ["service", "model"],
+)
+PADDING_EFFICIENCY = Histogram(
+    "ecomserve_padding_efficiency_ratio",
+    "Real tokens / padded tokens per executed batch (1 = no padding waste).",
+    ["service", "model"],
+    buckets=RATIO_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("ecomserve_queue_depth", "Items waiting in the batch queue.", ["service", "model"])
+DROPPED_ITEMS = Counter(
+    "ecomserve_dropped_items_total",
+    "Queued items dropped before running because their caller cancelled or their deadline passed.",
+    ["service", "model", "reason"],
+)
+MODEL_READY = Gauge("ecomserve_model_ready", "1 when the model version is loaded and warmed up.", ["service", "model"])
+RUNTIME_INFO = Info(
+    "ecomserve_runtime", "onnxruntime version and execution provider in use per model.", ["service", "model"]
+)
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Expose /metrics on its own HTTP port (a daemon thread of prometheus_client); port 0 disables it."""
+    if port:
+        start_http_server(port, addr=host)

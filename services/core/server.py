@@ -1,0 +1,129 @@
+"""Server bootstrap shared by every service: grpc.aio server, status interceptor, grpc.health.v1 (overall and per
+service name), reflection, /metrics, and the lifecycle (load -> SERVING -> SIGTERM -> NOT_SERVING -> drain -> exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.core.status import StatusInterceptor
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[grpc.aio.Server], None]
+
+# Large enough for max_texts_per_request long texts, small enough to bound memory per call.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+QUIET_PERIOD_S = 0.3
+
+
+class ServingServer:
+    """A grpc.aio server that reports NOT_SERVING until `set_serving(True)` and drains gracefully."""
+
+    def __init__(self, *, service: str, service_names: Sequence[str], address: str, register: Register) -> None:
+        self.service = service
+        self._service_names = list(service_names)
+        self._address = address
+        self._interceptor = StatusInterceptor(service)
+        self.server = grpc.aio.server(
+            interceptors=[self._interceptor],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        register(self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+        self.stopping = asyncio.Event()
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        """The model runtime can no longer run: go NOT_SERVING, drain and exit non-zero (Kubernetes restarts us)."""
+        if self.failure is None:
+            log.critical("fatal: %s", reason)
+            self.failure = reason
+            self.stopping.set()
+
+    async def start(self) -> int:
+        """Bind and start; health is NOT_SERVING until set_serving(True). Returns the bound port."""
+        self.port = self.server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._address}")
+        await self.set_serving(False)
+        await self.server.start()
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def drain(self, grace_s: float) -> None:
+        """NOT_SERVING at once (load balancers stop sending), refuse new RPCs with UNAVAILABLE, let every RPC
+        already received finish within grace_s, then stop the transport."""
+        await self.set_serving(False)
+        self._interceptor.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Idle must last a moment: RPCs the transport already received may still be on their way to a handler,
+        # and stopping the server would cancel them instead of answering them.
+        while loop.time() < deadline:
+            if await self._interceptor.wait_idle(deadline - loop.time()):
+                await asyncio.sleep(min(QUIET_PERIOD_S, max(0.0, deadline - loop.time())))
+                if self._interceptor.inflight == 0:
+                    break
+        if self._interceptor.inflight:
+            log.warning(
+                "%d RPCs still running after the %.1f s grace period; cancelling them", self._interceptor.inflight, grace_s
+            )
+        await self.server.stop(0.5)
+
+
+async def run_until_signal(
+    server: ServingServer,
+    *,
+    load: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+    grace_s: float,
+) -> int:
+    """Serve: start, load (then SERVING), wait for SIGTERM/SIGINT, drain within grace_s, close. Exit code."""
+    loop = asyncio.get_running_loop()
+    stopping = server.stopping
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    port = await server.start()
+    log.info("%s listening on port %d (NOT_SERVING until models are loaded and warmed up)", server.service, port)
+    loading = loop.create_task(load())
+    stop_wait = loop.create_task(stopping.wait())
+    await asyncio.wait({loading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if loading.done():
+        if loading.exception() is not None:
+            log.error("loading failed; exiting", exc_info=loading.exception())
+            exit_code = 1
+            stopping.set()
+        else:
+            await server.set_serving(True)
+            log.info("%s SERVING", server.service)
+    else:
+        loading.cancel()
+    await stopping.wait()
+    stop_wait.cancel()
+    log.info("%s draining (grace %.1f s)", server.service, grace_s)
+    await server.drain(grace_s)
+    await close()
+    log.info("%s stopped", server.service)
+    return 1 if server.failure else exit_code

@@ -1,0 +1,149 @@
+"""The one table from domain exceptions to gRPC status codes, applied by the one server interceptor.
+
+The interceptor also keeps the per-RPC metrics (requests_total by code, request duration, inflight), so that
+servicers hold no try/except and no metric code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.core import errors, metrics
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[errors.ServingError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+INTERNAL_MESSAGE = "internal error; it was logged on the server"
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps raised domain errors to statuses (INTERNAL + logged traceback for anything else) and records
+    request metrics, for the project's own RPCs (health and reflection pass through untouched)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self.inflight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no project RPC is in flight; False when timeout_s passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        full_method = handler_call_details.method or ""
+        if handler is None or not full_method.startswith("/ecomserve."):
+            return handler
+        method = full_method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = self._begin()
+            code = grpc.StatusCode.OK
+            try:
+                self._refuse_if_draining()
+                return await behavior(request, context)
+            except BaseException as error:  # noqa: BLE001 - every outcome is counted, then re-raised or mapped
+                code = _code_for(error, context)
+                await _reraise_or_abort(error, code, context, method)
+            finally:
+                self._end(method, code, started)
+
+        return unary
+
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = self._begin()
+            code = grpc.StatusCode.OK
+            try:
+                self._refuse_if_draining()
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as error:  # noqa: BLE001
+                code = _code_for(error, context)
+                await _reraise_or_abort(error, code, context, method)
+            finally:
+                self._end(method, code, started)
+
+        return stream
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise errors.Unavailable(f"{self._service} is shutting down; retry on another replica")
+
+    def _begin(self) -> float:
+        metrics.INFLIGHT.labels(self._service).inc()
+        self.inflight += 1
+        self._idle.clear()
+        return time.perf_counter()
+
+    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        metrics.INFLIGHT.labels(self._service).dec()
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+        metrics.REQUESTS.labels(self._service, method, code.name).inc()
+        metrics.REQUEST_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+
+
+def _code_for(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(error, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[return-value]
+    return status_of(error)
+
+
+async def _reraise_or_abort(
+    error: BaseException, code: grpc.StatusCode, context: grpc.aio.ServicerContext, method: str
+) -> None:
+    """Abort with the mapped status; cancellations and explicit aborts propagate unchanged."""
+    if isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
+        raise error
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed with an unexpected error", method, exc_info=error)
+        await context.abort(code, INTERNAL_MESSAGE)
+    await context.abort(code, str(error))

@@ -1,0 +1,38 @@
+"""Session fixtures: tiny models exported once into a temporary model repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import fixtures
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    body = fixtures.build_embedding_body(root / "body")
+    return {
+        "bert": fixtures.build_bert_classifier(root / "bert"),
+        "body": body,
+        "head": fixtures.build_linear_head(root / "head.joblib", dim=32, classes=["order_status", "refund", "human"]),
+    }
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory, hf_models: dict[str, Path]) -> Path:
+    """A model repository with `sentiment` (BERT classifier, v1) and `intent` (body + head, v1 fp32, v2 int8)."""
+    from export.classifier import ClassifierExport, export_classifier
+
+    out = tmp_path_factory.mktemp("models")
+    export_classifier(ClassifierExport(model=str(hf_models["bert"]), name="sentiment", out=out))
+    for quantize in (None, "int8"):
+        export_classifier(
+            ClassifierExport(model=str(hf_models["body"]), name="intent", out=out, head=hf_models["head"], quantize=quantize)
+        )
+    return out

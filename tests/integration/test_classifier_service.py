@@ -1,0 +1,205 @@
+"""The classifier service over real gRPC on loopback, with tiny real ONNX models."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from ecomserve.classifier.v1 import classifier_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tokenizers import Tokenizer
+
+from services.classifier.app import ClassifierApp
+from services.core.metrics import serve_metrics
+from tests.integration.conftest import free_port, stub_for
+
+TEXTS = [
+    "where is my order",
+    "i want a refund please the blender came broken and i want my money back today",
+    "hello",
+    "can i talk to a real person about the late parcel",
+    "thanks",
+    "how do i change the delivery address",
+]
+
+
+def reference_probabilities(model_dir: Path, text: str) -> np.ndarray:
+    """Plain onnxruntime on one text alone: no padding, no batching."""
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    encoding = tokenizer.encode(text)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = {
+        "input_ids": np.array([encoding.ids], np.int64),
+        "attention_mask": np.array([encoding.attention_mask], np.int64),
+        "token_type_ids": np.array([encoding.type_ids], np.int64),
+    }
+    return session.run(None, {n: feeds[n] for n in names})[0][0]
+
+
+async def test_classify_returns_ranked_labels_and_the_answering_version(classifier) -> None:
+    async with classifier() as app, stub_for(app) as stub:
+        response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS[:2], top_k=2))
+        assert (response.model, response.version) == ("intent", 2)
+        assert len(response.results) == 2
+        for result in response.results:
+            assert len(result.labels) == 2
+            assert result.labels[0].score >= result.labels[1].score
+            assert result.token_count > 0
+        pinned = await stub.Classify(pb.ClassifyRequest(model="intent", version=1, texts=TEXTS[:1]))
+        assert pinned.version == 1
+        assert len(pinned.results[0].labels) == 3
+        assert abs(sum(label.score for label in pinned.results[0].labels) - 1.0) < 1e-5
+
+
+async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_repo: Path) -> None:
+    async with classifier(max_queue_delay_ms=20, max_batch_size=8) as app, stub_for(app) as stub:
+        responses = await asyncio.gather(
+            *(stub.Classify(pb.ClassifyRequest(model="sentiment", texts=[text])) for text in TEXTS)
+        )
+    labels = ["negative", "neutral", "positive"]
+    for text, response in zip(TEXTS, responses, strict=True):
+        served = {label.label: label.score for label in response.results[0].labels}
+        expected = reference_probabilities(model_repo / "sentiment" / "1", text)
+        np.testing.assert_allclose([served[label] for label in labels], expected, atol=1e-5)
+
+
+async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier) -> None:
+    port = free_port()
+    serve_metrics(port, host="127.0.0.1")
+    async with classifier(max_queue_delay_ms=30, max_batch_size=16) as app, stub_for(app) as stub:
+        await asyncio.gather(
+            *(stub.Classify(pb.ClassifyRequest(model="sentiment", texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
+        )
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+
+    def value(metric: str) -> float:
+        match = re.search(rf'^{metric}\{{model="sentiment/1",service="classifier"\}} (\S+)$', body, re.MULTILINE)
+        assert match, f"{metric} missing from /metrics"
+        return float(match.group(1))
+
+    assert value("ecomserve_batch_items_total") / value("ecomserve_batches_total") > 1
+    assert "ecomserve_padding_efficiency_ratio_bucket" in body
+    assert 'ecomserve_runtime_info{model="sentiment/1",provider="CPUExecutionProvider"' in body
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "needle"),
+    [
+        ({"model": "intent"}, grpc.StatusCode.INVALID_ARGUMENT, "texts is empty"),
+        ({"model": "intent", "texts": ["ok", " "]}, grpc.StatusCode.INVALID_ARGUMENT, "texts[1] is empty"),
+        ({"model": "intent", "texts": ["x"] * 5}, grpc.StatusCode.INVALID_ARGUMENT, "max_texts_per_request=4"),
+        ({"model": "intent", "texts": ["hello " * 100]}, grpc.StatusCode.INVALID_ARGUMENT, "max_sequence_length of 64"),
+        ({"model": "intent", "texts": ["x"], "top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+        ({"model": "", "texts": ["x"]}, grpc.StatusCode.INVALID_ARGUMENT, "model is required"),
+        ({"model": "nope", "texts": ["x"]}, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ({"model": "intent", "version": 9, "texts": ["x"]}, grpc.StatusCode.NOT_FOUND, "no version 9"),
+    ],
+)
+async def test_invalid_requests_get_precise_statuses(classifier, request_fields, code, needle) -> None:
+    async with classifier(max_texts_per_request=4) as app, stub_for(app) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(pb.ClassifyRequest(**request_fields))
+        assert caught.value.code() == code
+        assert needle in caught.value.details()
+        assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=["still fine"]))).results
+
+
+async def test_truncate_cuts_long_texts_to_the_limit(classifier) -> None:
+    async with classifier() as app, stub_for(app) as stub:
+        response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=["hello " * 100], truncate=True))
+        assert response.results[0].truncated
+        assert response.results[0].token_count == 64
+
+
+async def test_queue_full_is_resource_exhausted(classifier) -> None:
+    async with classifier(max_queue_size=2, max_batch_size=64, max_queue_delay_ms=400) as app, stub_for(app) as stub:
+        waiting = asyncio.ensure_future(stub.Classify(pb.ClassifyRequest(model="intent", texts=["a", "b"])))
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(pb.ClassifyRequest(model="intent", texts=["c"]))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue_size=2" in caught.value.details()
+        assert len((await waiting).results) == 2
+
+
+async def test_deadline_passed_in_queue_is_deadline_exceeded(classifier) -> None:
+    async with classifier(max_batch_size=64, max_queue_delay_ms=500) as app, stub_for(app) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(pb.ClassifyRequest(model="intent", texts=["late"]), timeout=0.1)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.05)
+        assert queue_depths(app) == [0, 0, 0]
+
+
+def queue_depths(app: ClassifierApp) -> list[int]:
+    return [model.batcher.depth for _, _, model, _ in app.registry]
+
+
+async def test_cancelled_call_leaves_the_server_healthy_and_its_queue_empty(classifier) -> None:
+    async with classifier(max_batch_size=64, max_queue_delay_ms=300) as app, stub_for(app) as stub:
+        call = stub.Classify(pb.ClassifyRequest(model="intent", texts=["a", "b", "c"]))
+        await asyncio.sleep(0.1)
+        assert queue_depths(app) == [0, 3, 0]
+        call.cancel()
+        await asyncio.sleep(0.1)
+        assert queue_depths(app) == [0, 0, 0]
+        assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=["after"]))).results
+
+
+async def test_health_is_not_serving_until_models_are_loaded_and_warmed_up(model_repo: Path) -> None:
+    from services.classifier.config import ClassifierConfig
+
+    app = ClassifierApp(ClassifierConfig(host="127.0.0.1", port=0, metrics_port=0, models=str(model_repo)))
+    await app.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "ecomserve.classifier.v1.ClassifierService"):
+                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            async with stub_for(app) as stub:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Classify(pb.ClassifyRequest(model="intent", texts=["x"]))
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            await app.load()
+            await app.server.set_serving(True)
+            for service in ("", "ecomserve.classifier.v1.ClassifierService"):
+                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await app.server.drain(0.5)
+        await app.close()
+
+
+async def test_list_models_describes_every_version(classifier) -> None:
+    async with classifier() as app, stub_for(app) as stub:
+        listed = await stub.ListModels(pb.ListModelsRequest())
+    found = {(m.name, m.version): m for m in listed.models}
+    assert set(found) == {("intent", 1), ("intent", 2), ("sentiment", 1)}
+    assert found[("intent", 2)].is_default and not found[("intent", 1)].is_default
+    assert found[("intent", 2)].quantization == "int8-dynamic-per-channel"
+    assert list(found[("sentiment", 1)].labels) == ["negative", "neutral", "positive"]
+    assert found[("sentiment", 1)].max_sequence_length == 64
+
+
+async def test_a_tampered_model_file_is_refused(tmp_path: Path, model_repo: Path) -> None:
+    import shutil
+
+    from services.core.errors import ModelFailure
+
+    shutil.copytree(model_repo / "sentiment", tmp_path / "sentiment")
+    with (tmp_path / "sentiment" / "1" / "model.onnx").open("ab") as stream:
+        stream.write(b"\0")
+    from services.classifier.config import ClassifierConfig
+
+    app = ClassifierApp(ClassifierConfig(host="127.0.0.1", port=0, metrics_port=0, models=str(tmp_path)))
+    with pytest.raises(ModelFailure, match="sha256"):
+        await app.load()
+    await app.close()

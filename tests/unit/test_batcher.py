@@ -1,0 +1,132 @@
+"""DynamicBatcher against a fake async handler: full batches, timeouts, bucketing, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.core.batcher import DynamicBatcher
+from services.core.errors import DeadlineExceeded, QueueFull, Unavailable
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.delay = delay
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay)
+        return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
+
+
+def make(handler: Recorder, **overrides: object) -> DynamicBatcher[int, int]:
+    options: dict = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue_size": 16, **overrides}
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(handler, **options)
+    batcher.start()
+    return batcher
+
+
+async def test_full_batch_closes_without_waiting() -> None:
+    handler = Recorder()
+    batcher = make(handler, max_wait_s=10.0)
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 1.0)
+    assert results == [0, 10, 20, 30]
+    assert handler.batches == [[0, 1, 2, 3]]
+    await batcher.aclose()
+
+
+async def test_partial_batch_closes_after_max_wait() -> None:
+    handler = Recorder()
+    batcher = make(handler, max_wait_s=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await batcher.submit_many([1, 2]) == [10, 20]
+    assert loop.time() - started >= 0.04
+    assert handler.batches == [[1, 2]]
+    await batcher.aclose()
+
+
+async def test_per_item_exceptions_reach_only_their_caller() -> None:
+    batcher = make(Recorder())
+    ok, bad = await asyncio.gather(batcher.submit(3), batcher.submit(-1), return_exceptions=True)
+    assert ok == 30
+    assert isinstance(bad, ValueError)
+    await batcher.aclose()
+
+
+async def test_handler_failure_fails_the_whole_batch() -> None:
+    async def broken(items: list[int]) -> list[int]:
+        raise RuntimeError("boom")
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(broken, max_batch_size=2, max_wait_s=0.01, max_queue_size=4)
+    batcher.start()
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await batcher.aclose()
+
+
+async def test_queue_full_rejects_the_whole_request_at_once() -> None:
+    batcher = make(Recorder(), max_wait_s=10.0, max_batch_size=100, max_queue_size=3)
+    first = asyncio.ensure_future(batcher.submit_many([1, 2]))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="max_queue_size=3"):
+        await batcher.submit_many([3, 4])
+    assert batcher.depth == 2
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await batcher.aclose()
+
+
+async def test_cancelled_items_leave_the_queue_and_never_run() -> None:
+    handler = Recorder()
+    drops: list[tuple[str, int]] = []
+    batcher = make(handler, max_wait_s=0.2, max_batch_size=8, on_drop=lambda r, n: drops.append((r, n)))
+    waiting = asyncio.ensure_future(batcher.submit_many([1, 2]))
+    await asyncio.sleep(0.01)
+    assert batcher.depth == 2
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert batcher.depth == 0
+    assert await batcher.submit(5) == 50
+    assert handler.batches == [[5]]
+    assert sum(n for reason, n in drops if reason == "cancelled") == 2
+    await batcher.aclose()
+
+
+async def test_expired_items_fail_with_deadline_exceeded_before_running() -> None:
+    handler = Recorder(delay=0.1)
+    batcher = make(handler, max_batch_size=1, max_wait_s=0.0)
+    loop = asyncio.get_running_loop()
+    blocker = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(2, deadline=loop.time() + 0.03)
+    assert await blocker == 10
+    assert handler.batches == [[1]]
+    await batcher.aclose()
+
+
+async def test_bucketing_groups_items_of_similar_size_with_the_oldest() -> None:
+    handler = Recorder(delay=0.05)
+    batcher = make(handler, max_batch_size=3, max_wait_s=0.0, size_of=lambda i: i)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first batch runs; the rest queue up behind it
+    sizes = [50, 1, 52, 2, 51, 3]
+    rest = asyncio.gather(*(batcher.submit(s) for s in sizes))
+    await asyncio.wait_for(asyncio.gather(first, rest), 2.0)
+    assert handler.batches[1][0] == 50 and sorted(handler.batches[1]) == [50, 51, 52]
+    assert sorted(handler.batches[2]) == [1, 2, 3]
+    await batcher.aclose()
+
+
+async def test_aclose_runs_queued_items_then_refuses_new_ones() -> None:
+    handler = Recorder()
+    batcher = make(handler, max_wait_s=10.0, max_batch_size=100)
+    queued = asyncio.ensure_future(batcher.submit_many([1, 2, 3]))
+    await asyncio.sleep(0.01)
+    await batcher.aclose()
+    assert await queued == [10, 20, 30]
+    with pytest.raises(Unavailable):
+        await batcher.submit(4)
