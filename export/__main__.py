@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
         "graph: body -> mean pooling -> L2 normalise -> linear -> softmax.",
     )
     _common(classifier)
-    classifier.add_argument("--head", type=Path, help="joblib file of a fitted linear model (coef_, intercept_, classes_)")
+    classifier.add_argument(
+        "--head", type=Path, help="joblib file of a fitted linear model (coef_, intercept_, classes_)"
+    )
     classifier.add_argument("--label-map", type=Path, help="joblib or JSON map from head class to label name")
     classifier.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
     classifier.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")

@@ -198,8 +198,10 @@ class _EmbeddingClassifier(torch.nn.Module):
         self.body = body
         self.feed_names: list[str] = []
         self.binary = coef.shape[0] == 1
-        self.register_buffer("weight", torch.tensor(coef, dtype=torch.float32))
-        self.register_buffer("bias", torch.tensor(intercept, dtype=torch.float32))
+        self.head_weight: torch.Tensor
+        self.head_bias: torch.Tensor
+        self.register_buffer("head_weight", torch.tensor(coef, dtype=torch.float32))
+        self.register_buffer("head_bias", torch.tensor(intercept, dtype=torch.float32))
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         feeds = dict(zip(self.feed_names, tensors, strict=True))
@@ -207,7 +209,7 @@ class _EmbeddingClassifier(torch.nn.Module):
         mask = feeds["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         embedding = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        logits = embedding @ self.weight.T + self.bias
+        logits = embedding @ self.head_weight.T + self.head_bias
         if self.binary:  # scikit-learn's binary head scores the positive class only
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         return torch.softmax(logits, dim=-1)
@@ -242,9 +244,7 @@ def _load_head(path: Path, label_map_path: Path | None) -> _Head:
         if not label_map_path.is_file():
             raise ExportError(f"label map {label_map_path} does not exist")
         raw = (
-            json.loads(label_map_path.read_text())
-            if label_map_path.suffix == ".json"
-            else joblib.load(label_map_path)
+            json.loads(label_map_path.read_text()) if label_map_path.suffix == ".json" else joblib.load(label_map_path)
         )
         mapping = _label_names(dict(raw))
     return _Head(coef, intercept, [mapping.get(c, c) for c in classes])
@@ -292,4 +292,3 @@ def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 def _agreement(left: np.ndarray, right: np.ndarray) -> float:
     return float((left.argmax(axis=1) == right.argmax(axis=1)).mean())
-

@@ -59,13 +59,18 @@ class _DecoderWithCache(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, num_layers: int) -> None:
         super().__init__()
         self.model = model
+        self.config: Any = model.config
         self.num_layers = num_layers
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)]
-        cache = DynamicCache(pairs, config=self.model.config)
+        cache = DynamicCache(pairs, config=self.config)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -356,11 +361,11 @@ def _logits_parity(module: _DecoderWithCache, onnx: _OnnxDecoder, tokenizer: Any
 
 
 def _torch_greedy(model: Any, prompt: list[int], pad_id: int, eos_ids: list[int]) -> list[int]:
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=eos_ids, pad_token_id=pad_id
-    )
+    config = GenerationConfig(do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=eos_ids, pad_token_id=pad_id)
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)), generation_config=config)
+        out = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)), generation_config=config
+        )
     tokens = out[0, len(prompt) :].tolist()
     for index, token in enumerate(tokens):
         if token in eos_ids:

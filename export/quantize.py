@@ -31,7 +31,11 @@ def quantize_int8_decoder(source: Path, target: Path) -> str:
 
     with step("quantizing to int8 (dynamic, MatMul)"):
         quantize_dynamic(
-            str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+            str(source),
+            str(target),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
         )
     return INT8_DYNAMIC
 

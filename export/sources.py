@@ -11,7 +11,9 @@ from export.errors import ExportError
 
 T = TypeVar("T")
 
-SUPPORTED_CLASSIFIERS = "BERT, DistilBERT, RoBERTa, XLM-RoBERTa, MiniLM, ELECTRA, DeBERTa (AutoModelForSequenceClassification)"
+SUPPORTED_CLASSIFIERS = (
+    "BERT, DistilBERT, RoBERTa, XLM-RoBERTa, MiniLM, ELECTRA, DeBERTa (AutoModelForSequenceClassification)"
+)
 SUPPORTED_GENERATORS = ("llama", "mistral", "qwen2", "gpt2")
 
 

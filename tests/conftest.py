@@ -33,6 +33,12 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, hf_models: dict[str, Pa
     export_classifier(ClassifierExport(model=str(hf_models["bert"]), name="sentiment", out=out))
     for quantize in (None, "int8"):
         export_classifier(
-            ClassifierExport(model=str(hf_models["body"]), name="intent", out=out, head=hf_models["head"], quantize=quantize)
+            ClassifierExport(
+                model=str(hf_models["body"]),
+                name="intent",
+                out=out,
+                head=hf_models["head"],
+                quantize=quantize,
+            )
         )
     return out

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Text classification over gRPC (ecomserve.classifier.v1) with dynamic batching.",
     )
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger(__name__).info("effective config:\n%s", config_parsing.describe(config))
     serve_metrics(config.metrics_port)

@@ -64,7 +64,9 @@ class ClassifierApp:
 
     def _load_one(self, version, runtime: RuntimeOptions, batching: BatchingOptions) -> ClassifierModel:  # type: ignore[no-untyped-def]
         version.verify()
-        model = ClassifierModel(version, OnnxRunner(version.model_path, runtime), batching, self._tokenize_pool, self.server.fail)
+        model = ClassifierModel(
+            version, OnnxRunner(version.model_path, runtime), batching, self._tokenize_pool, self.server.fail
+        )
         model.warm_up(batching.max_batch_size)
         return model
 

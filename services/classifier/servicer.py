@@ -24,7 +24,7 @@ class ClassifyQuery:
     @classmethod
     def from_pb(cls, request: classifier_pb2.ClassifyRequest, max_texts: int) -> ClassifyQuery:
         if not request.model:
-            raise InvalidArgument("model is required (e.g. \"intent\"); ListModels shows what this replica serves")
+            raise InvalidArgument('model is required (e.g. "intent"); ListModels shows what this replica serves')
         if not request.texts:
             raise InvalidArgument("texts is empty; send between 1 and max_texts_per_request texts")
         if len(request.texts) > max_texts:

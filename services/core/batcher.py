@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from services.core.errors import DeadlineExceeded, QueueFull, Unavailable
 
 I = TypeVar("I")  # noqa: E741 - the conventional name of the item type
-O = TypeVar("O")
+O = TypeVar("O")  # noqa: E741 - the result type, paired with I
 
 BatchHandler = Callable[[list[I]], Awaitable[Sequence[O | BaseException]]]
 
@@ -181,7 +181,7 @@ class DynamicBatcher(Generic[I, O]):
                 results: Sequence[O | BaseException] = await self._handle_batch([p.item for p in live])
                 if len(results) != len(live):
                     raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} items")
-            except Exception as error:  # noqa: BLE001 - the whole batch failed: every caller learns why
+            except Exception as error:
                 results = [error] * len(live)
             for pending, result in zip(live, results, strict=True):
                 if pending.future.done():

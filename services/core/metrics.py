@@ -15,9 +15,7 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
-REQUESTS = Counter(
-    "ecomserve_requests_total", "RPCs answered, by final status code.", ["service", "method", "code"]
-)
+REQUESTS = Counter("ecomserve_requests_total", "RPCs answered, by final status code.", ["service", "method", "code"])
 REQUEST_DURATION = Histogram(
     "ecomserve_request_duration_seconds",
     "Time from receiving an RPC to its final status.",
@@ -38,9 +36,7 @@ INFERENCE_DURATION = Histogram(
     ["service", "model"],
     buckets=FAST_BUCKETS,
 )
-BATCH_SIZE = Histogram(
-    "ecomserve_batch_size", "Items per executed batch.", ["service", "model"], buckets=BATCH_BUCKETS
-)
+BATCH_SIZE = Histogram("ecomserve_batch_size", "Items per executed batch.", ["service", "model"], buckets=BATCH_BUCKETS)
 BATCHES = Counter("ecomserve_batches_total", "Batches executed.", ["service", "model"])
 BATCH_ITEMS = Counter(
     "ecomserve_batch_items_total",

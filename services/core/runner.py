@@ -53,9 +53,7 @@ class OnnxRunner:
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
         try:
-            self._session = ort.InferenceSession(
-                str(path), session_options, providers=choose_providers(options.device)
-            )
+            self._session = ort.InferenceSession(str(path), session_options, providers=choose_providers(options.device))
         except ModelFailure:
             raise
         except Exception as error:

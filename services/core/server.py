@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -87,7 +88,9 @@ class ServingServer:
                     break
         if self._interceptor.inflight:
             log.warning(
-                "%d RPCs still running after the %.1f s grace period; cancelling them", self._interceptor.inflight, grace_s
+                "%d RPCs still running after the %.1f s grace period; cancelling them",
+                self._interceptor.inflight,
+                grace_s,
             )
         await self.server.stop(0.5)
 
@@ -95,7 +98,7 @@ class ServingServer:
 async def run_until_signal(
     server: ServingServer,
     *,
-    load: Callable[[], Awaitable[None]],
+    load: Callable[[], Coroutine[Any, Any, None]],
     close: Callable[[], Awaitable[None]],
     grace_s: float,
 ) -> int:

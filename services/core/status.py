@@ -86,7 +86,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             try:
                 self._refuse_if_draining()
                 return await behavior(request, context)
-            except BaseException as error:  # noqa: BLE001 - every outcome is counted, then re-raised or mapped
+            except BaseException as error:
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
@@ -102,7 +102,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 self._refuse_if_draining()
                 async for response in behavior(request, context):
                     yield response
-            except BaseException as error:  # noqa: BLE001
+            except BaseException as error:
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:

@@ -14,12 +14,12 @@ from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.conftest import free_port
+from services.launcher import free_port
 
 
-async def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+async def wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + timeout_s
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while loop.time() < deadline:
@@ -36,10 +36,23 @@ async def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: flo
 
 async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path) -> None:
     port = free_port()
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting the child is instant; waits below are async
         [
-            sys.executable, "-m", "services.classifier", "--models", str(model_repo), "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", "0", "--max-queue-delay-ms", "20", "--grace-period-s", "10",
+            sys.executable,
+            "-m",
+            "services.classifier",
+            "--models",
+            str(model_repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--max-queue-delay-ms",
+            "20",
+            "--grace-period-s",
+            "10",
         ],
         env={**os.environ, "ECOMSERVE_CLASSIFIER_MAX_BATCH_SIZE": "8"},
         stdout=subprocess.DEVNULL,

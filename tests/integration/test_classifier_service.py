@@ -17,7 +17,8 @@ from tokenizers import Tokenizer
 
 from services.classifier.app import ClassifierApp
 from services.core.metrics import serve_metrics
-from tests.integration.conftest import free_port, stub_for
+from services.launcher import free_port
+from tests.integration.conftest import stub_for
 
 TEXTS = [
     "where is my order",
@@ -94,8 +95,16 @@ async def test_concurrent_requests_are_batched_together_visible_in_metrics(class
     [
         ({"model": "intent"}, grpc.StatusCode.INVALID_ARGUMENT, "texts is empty"),
         ({"model": "intent", "texts": ["ok", " "]}, grpc.StatusCode.INVALID_ARGUMENT, "texts[1] is empty"),
-        ({"model": "intent", "texts": ["x"] * 5}, grpc.StatusCode.INVALID_ARGUMENT, "max_texts_per_request=4"),
-        ({"model": "intent", "texts": ["hello " * 100]}, grpc.StatusCode.INVALID_ARGUMENT, "max_sequence_length of 64"),
+        (
+            {"model": "intent", "texts": ["x"] * 5},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_texts_per_request=4",
+        ),
+        (
+            {"model": "intent", "texts": ["hello " * 100]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_sequence_length of 64",
+        ),
         ({"model": "intent", "texts": ["x"], "top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
         ({"model": "", "texts": ["x"]}, grpc.StatusCode.INVALID_ARGUMENT, "model is required"),
         ({"model": "nope", "texts": ["x"]}, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
@@ -119,7 +128,10 @@ async def test_truncate_cuts_long_texts_to_the_limit(classifier) -> None:
 
 
 async def test_queue_full_is_resource_exhausted(classifier) -> None:
-    async with classifier(max_queue_size=2, max_batch_size=64, max_queue_delay_ms=400) as app, stub_for(app) as stub:
+    async with (
+        classifier(max_queue_size=2, max_batch_size=64, max_queue_delay_ms=400) as app,
+        stub_for(app) as stub,
+    ):
         waiting = asyncio.ensure_future(stub.Classify(pb.ClassifyRequest(model="intent", texts=["a", "b"])))
         await asyncio.sleep(0.1)
         with pytest.raises(grpc.aio.AioRpcError) as caught:

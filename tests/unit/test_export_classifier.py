@@ -36,7 +36,10 @@ def test_exported_classifier_runs_with_dynamic_batch_and_sequence(model_repo: Pa
     folder = model_repo / "sentiment" / "1"
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    for texts in (["hello"], ["where is my order", "i want a refund please the blender came broken", "thanks"]):
+    for texts in (
+        ["hello"],
+        ["where is my order", "i want a refund please the blender came broken", "thanks"],
+    ):
         tokenizer.enable_padding()
         encodings = tokenizer.encode_batch(texts)
         feeds = {
@@ -123,7 +126,15 @@ def test_cli_hub_id_without_network(tmp_path: Path) -> None:
 def test_cli_head_dimension_mismatch(tmp_path: Path, hf_models: dict[str, Path]) -> None:
     head = fixtures.build_linear_head(tmp_path / "h.joblib", dim=16, classes=["a", "b"])
     result = run_cli(
-        "classifier", "--model", str(hf_models["body"]), "--head", str(head), "--name", "x", "--out", str(tmp_path)
+        "classifier",
+        "--model",
+        str(hf_models["body"]),
+        "--head",
+        str(head),
+        "--name",
+        "x",
+        "--out",
+        str(tmp_path),
     )
     assert_one_line_failure(result, "16", "32")
 

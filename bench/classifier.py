@@ -1,0 +1,83 @@
+"""Classifier benchmark (JSON): the served int8 `intent` model against the in-process limit, in one run.
+
+(a) in-process onnxruntime at its best batch size over the workload texts (bench.export_limits),
+(b) the service at concurrency 1, 8, 32 and 64 (single-text requests, closed loop),
+(c) the same service with max_batch_size=1 at concurrency 32.
+Targets: (b)@32 >= 0.90 x (a); (b)@32 >= 1.25 x (c); p99@32 <= 1.5 x p50@32; p99@1 <= (a) batch-1 latency + 3 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.export_limits import classifier_limits
+from bench.load import LoadOptions, run_load
+from services.core.manifest import Manifest, version_folders
+from services.launcher import service
+
+CONCURRENCIES = (1, 8, 32, 64)
+
+
+def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
+    versions = version_folders(models, name)
+    if not versions:
+        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    version = max(versions)
+    folder = versions[version]
+    manifest = Manifest.read(folder)
+    print(f"[bench] (a) in-process limit of {name} v{version}", file=sys.stderr, flush=True)
+    limit = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0"]
+
+    def load(address: str, concurrency: int) -> dict[str, Any]:
+        print(f"[bench] concurrency {concurrency}", file=sys.stderr, flush=True)
+        options = LoadOptions(target=address, model=name, concurrency=concurrency, duration_s=seconds, warmup_s=2.0)
+        return asyncio.run(run_load(options))
+
+    with service("services.classifier", *flags) as address:
+        served = {str(c): load(address, c) for c in CONCURRENCIES}
+    with service("services.classifier", *flags, "--max-batch-size", "1") as address:
+        unbatched = load(address, 32)
+
+    best = limit["best_sequences_per_s"]
+    at32 = served["32"]
+    batch1_latency = limit["batches"]["1"]["batch_latency_ms_p50"]
+    return {
+        "model": f"{name}/{version}",
+        "quantization": manifest.quantization.get("method", "none"),
+        "limit_in_process": limit,
+        "served": served,
+        "served_max_batch_size_1_c32": unbatched,
+        "targets": {
+            "c32_vs_limit": _check(at32["throughput_rps"] / best, ">=", 0.90),
+            "c32_vs_unbatched": _check(at32["throughput_rps"] / unbatched["throughput_rps"], ">=", 1.25),
+            "c32_p99_over_p50": _check(at32["latency_ms"]["p99"] / at32["latency_ms"]["p50"], "<=", 1.5),
+            "c1_p99_ms_vs_batch1_latency_plus_3ms": _check(
+                served["1"]["latency_ms"]["p99"], "<=", round(batch1_latency + 3.0, 3)
+            ),
+        },
+    }
+
+
+def _check(value: float, op: str, bound: float) -> dict[str, Any]:
+    met = value >= bound if op == ">=" else value <= bound
+    return {"value": round(value, 3), "target": f"{op} {bound}", "met": met}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.classifier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--name", default="intent", help="classifier to benchmark (its highest version)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load point")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
