@@ -152,6 +152,7 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
             "greedy_tokens": GREEDY_TOKENS,
             "greedy_prompts": len(prompts),
             "greedy_identical_to_generate": True,
+            "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in fp32_tokens],
         }
         quantization: dict[str, Any] = {"method": "none"}
         model_path = stage / MODEL_FILE
@@ -159,7 +160,11 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
             method = QUANTIZERS[job.quantize](fp32_path, model_path)
             with step("greedy-token agreement of the quantized model with fp32"):
                 quantized_tokens = _OnnxDecoder(model_path, layers).greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
-            quantization = {"method": method, **_token_agreement(quantized_tokens, fp32_tokens)}
+            quantization = {
+                "method": method,
+                **_token_agreement(quantized_tokens, fp32_tokens),
+                "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in quantized_tokens],
+            }
             say(f"[export] {job.quantize} greedy-token agreement with fp32: {quantization['token_agreement']:.3f}")
             fp32_path.unlink()
         else:

@@ -15,7 +15,7 @@ class ClassifierConfig:
     models: str = knob("models", "model repository folder (written by `python -m export`)")
     model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every classifier)")
     max_batch_size: int = knob(32, "most texts in one model batch")
-    max_queue_delay_ms: float = knob(4.0, "longest time the oldest queued text waits for its batch to fill")
+    max_queue_delay_ms: float = knob(1.0, "longest time the oldest queued text waits for its batch to fill")
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
     max_concurrent_batches: int = knob(1, "batches running at once per model (raise on GPUs / many cores)")
     max_texts_per_request: int = knob(64, "most texts in one Classify request")

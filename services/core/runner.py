@@ -52,6 +52,8 @@ class OnnxRunner:
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
+        # Spinning worker threads burn the cores the event loop and the tokenizer need between batches.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), session_options, providers=choose_providers(options.device))
         except ModelFailure:
