@@ -20,7 +20,7 @@ from export import quantize, sources
 from export.errors import ExportError
 from export.package import choose_version, find_existing, staging_folder, tool_versions
 from export.progress import say, step
-from export.samples import CLASSIFIER_TEXTS
+from export.samples import CLASSIFIER_TEXTS, agreement_texts
 from services.core.manifest import (
     MODEL_FILE,
     TASK_CLASSIFICATION,
@@ -128,12 +128,14 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
         model_path = stage / MODEL_FILE
         if job.quantize == "int8":
             method = quantize.quantize_int8_per_channel(fp32_path, model_path)
-            quant_probs = _run_onnx(model_path, feeds)
+            texts = agreement_texts()
+            sample = _encode(tokenizer, texts, feed_names, max_length)
+            quant_probs, reference = _run_onnx(model_path, sample), _run_onnx(fp32_path, sample)
             quantization = {
                 "method": method,
-                "top1_agreement_vs_fp32": _agreement(quant_probs, fp32_probs),
-                "max_abs_diff_vs_fp32": float(np.abs(quant_probs - fp32_probs).max()),
-                "texts": len(CLASSIFIER_TEXTS),
+                "top1_agreement_vs_fp32": _agreement(quant_probs, reference),
+                "max_abs_diff_vs_fp32": float(np.abs(quant_probs - reference).max()),
+                "texts": len(texts),
             }
             say(f"[export] int8 top-1 agreement with fp32: {quantization['top1_agreement_vs_fp32']:.3f}")
             fp32_path.unlink()

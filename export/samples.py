@@ -23,3 +23,11 @@ GENERATOR_PROMPTS = [
     "Reply to the customer: my parcel is late.",
     "Hello",
 ]
+
+
+def agreement_texts() -> list[str]:
+    """The parity texts plus the bundled e-commerce workload (230 messages): enough to measure top-1 agreement."""
+    from importlib import resources
+
+    workload = resources.files("bench").joinpath("workload", "messages.txt").read_text()
+    return CLASSIFIER_TEXTS + [line.strip() for line in workload.splitlines() if line.strip()]
