@@ -108,7 +108,8 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
             feeds = _encode(tokenizer, CLASSIFIER_TEXTS, feed_names, max_length)
             with torch.no_grad():
                 expected = module(*(torch.from_numpy(feeds[n]) for n in feed_names)).numpy()
-            fp32_probs = _run_onnx(fp32_path, feeds)
+            fp32_session = _session(fp32_path)
+            fp32_probs = _run_onnx(fp32_session, feeds)
             max_diff = float(np.abs(fp32_probs - expected).max())
             say(f"[export] fp32 max abs diff vs PyTorch: {max_diff:.2e} (limit {FP32_TOLERANCE:.0e})")
             if not max_diff <= FP32_TOLERANCE:
@@ -130,7 +131,7 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
             method = quantize.quantize_int8_per_channel(fp32_path, model_path)
             texts = agreement_texts()
             sample = _encode(tokenizer, texts, feed_names, max_length)
-            quant_probs, reference = _run_onnx(model_path, sample), _run_onnx(fp32_path, sample)
+            quant_probs, reference = _run_onnx(_session(model_path), sample), _run_onnx(fp32_session, sample)
             quantization = {
                 "method": method,
                 "top1_agreement_vs_fp32": _agreement(quant_probs, reference),
@@ -287,8 +288,11 @@ def _encode(tokenizer: Any, texts: list[str], feed_names: list[str], max_length:
     }
 
 
-def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return session.run(["probabilities"], feeds)[0]
 
 

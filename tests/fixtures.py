@@ -118,13 +118,11 @@ def write_bpe_tokenizer(folder: Path) -> None:
 def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
     """A 2-layer random-weight Llama (grouped-query attention) or GPT-2 with a byte-level BPE tokenizer."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_bpe_tokenizer(folder)
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(folder)
     special = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
     if architecture == "llama":

@@ -13,7 +13,7 @@ from services.classifier.config import ClassifierConfig
 from services.classifier.model import SERVICE, BatchingOptions, ClassifierModel
 from services.classifier.servicer import ClassifierServicer
 from services.core.manifest import TASK_CLASSIFICATION
-from services.core.repository import Registry, discover
+from services.core.repository import ModelVersion, Registry, discover
 from services.core.runner import OnnxRunner, RuntimeOptions
 from services.core.server import ServingServer
 
@@ -62,7 +62,7 @@ class ClassifierApp:
             )
         self.registry.ready = True
 
-    def _load_one(self, version, runtime: RuntimeOptions, batching: BatchingOptions) -> ClassifierModel:  # type: ignore[no-untyped-def]
+    def _load_one(self, version: ModelVersion, runtime: RuntimeOptions, batching: BatchingOptions) -> ClassifierModel:
         version.verify()
         model = ClassifierModel(
             version, OnnxRunner(version.model_path, runtime), batching, self._tokenize_pool, self.server.fail

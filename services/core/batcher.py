@@ -181,7 +181,7 @@ class DynamicBatcher(Generic[I, O]):
                 results: Sequence[O | BaseException] = await self._handle_batch([p.item for p in live])
                 if len(results) != len(live):
                     raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} items")
-            except Exception as error:
+            except Exception as error:  # the whole batch failed: every caller learns why
                 results = [error] * len(live)
             for pending, result in zip(live, results, strict=True):
                 if pending.future.done():

@@ -86,7 +86,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             try:
                 self._refuse_if_draining()
                 return await behavior(request, context)
-            except BaseException as error:
+            except BaseException as error:  # every outcome is counted, then re-raised or mapped
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
@@ -102,7 +102,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 self._refuse_if_draining()
                 async for response in behavior(request, context):
                     yield response
-            except BaseException as error:
+            except BaseException as error:  # every outcome is counted, then re-raised or mapped
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
@@ -145,5 +145,5 @@ async def _reraise_or_abort(
         raise error
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed with an unexpected error", method, exc_info=error)
-        await context.abort(code, INTERNAL_MESSAGE)
-    await context.abort(code, str(error))
+    # Never send an unexpected exception's text to the caller: it may hold internals.
+    await context.abort(code, INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error))

@@ -12,26 +12,8 @@ from pathlib import Path
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.launcher import free_port
-
-
-async def wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while loop.time() < deadline:
-            assert process.poll() is None, "the classifier exited while starting"
-            try:
-                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the classifier never became SERVING")
+from services.launcher import free_port, wait_serving
 
 
 async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path) -> None:
@@ -59,7 +41,7 @@ async def test_sigterm_under_load_completes_every_accepted_request(model_repo: P
         stderr=subprocess.PIPE,
     )
     try:
-        await wait_serving(port, process)
+        await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", process, 60.0, "the classifier")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
             request = pb.ClassifyRequest(model="sentiment", texts=["where is my order"] * 4)
