@@ -42,6 +42,7 @@ class LoadOptions:
     rate: float | None = None
     model: str = "intent"
     texts_per_request: int = 1
+    top_k: int = 3
     timeout_s: float = 10.0
     seed: int = 0
     progress: bool = True
@@ -75,7 +76,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
 
         async def call() -> None:
             request = classifier_pb2.ClassifyRequest(
-                model=options.model, texts=rng.sample(texts, options.texts_per_request)
+                model=options.model, texts=rng.sample(texts, options.texts_per_request), top_k=options.top_k
             )
             begun = time.perf_counter()
             try:
@@ -159,6 +160,7 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
         "concurrency": None if options.rate else options.concurrency,
         "rate_rps": options.rate,
         "texts_per_request": options.texts_per_request,
+        "top_k": options.top_k,
         "duration_s": options.duration_s,
         "requests_ok": len(tally.latencies),
         "throughput_rps": round(len(tally.latencies) / options.duration_s, 2),
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load not counted")
     parser.add_argument("--model", default="intent", help="model name to request")
     parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify")
+    parser.add_argument("--top-k", type=int, default=3, help="labels per text in each answer (0: all)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate=args.rate,
                 model=args.model,
                 texts_per_request=args.texts_per_request,
+                top_k=args.top_k,
                 timeout_s=args.timeout,
             )
         )

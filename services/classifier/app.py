@@ -40,7 +40,7 @@ class ClassifierApp:
         """Load, verify and warm up every model version, start their batchers, then mark the registry ready."""
         config = self.config
         versions = discover(Path(config.models), TASK_CLASSIFICATION, config.model_names)
-        runtime = RuntimeOptions(device=config.device, intra_op_threads=config.intra_op_threads)
+        runtime = RuntimeOptions(device=config.device, intra_op_threads=config.threads_per_batch)
         batching = BatchingOptions(
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=config.max_queue_delay_ms,

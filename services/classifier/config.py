@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from services.core.config import knob, require
@@ -15,12 +16,18 @@ class ClassifierConfig:
     models: str = knob("models", "model repository folder (written by `python -m export`)")
     model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every classifier)")
     max_batch_size: int = knob(32, "most texts in one model batch")
-    max_queue_delay_ms: float = knob(1.0, "longest time the oldest queued text waits for its batch to fill")
+    max_queue_delay_ms: float = knob(
+        0.0,
+        "longest time the oldest queued text waits for its batch to fill (0: a batch starts as soon as a batch slot "
+        "is free, with every text queued by then)",
+    )
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
-    max_concurrent_batches: int = knob(1, "batches running at once per model (raise on GPUs / many cores)")
+    max_concurrent_batches: int = knob(2, "batches running at once per model (the next one forms while they run)")
     max_texts_per_request: int = knob(64, "most texts in one Classify request")
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
-    intra_op_threads: int = knob(0, "onnxruntime intra-op threads per model (0: one per core)")
+    intra_op_threads: int = knob(
+        0, "onnxruntime intra-op threads per batch (0: the cores shared out among max_concurrent_batches)"
+    )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
     grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     log_level: str = knob("info", "debug, info, warning or error")
@@ -41,6 +48,10 @@ class ClassifierConfig:
             self.log_level in ("debug", "info", "warning", "error"),
             f"log_level must be debug, info, warning or error, got {self.log_level!r}",
         )
+
+    @property
+    def threads_per_batch(self) -> int:
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.max_concurrent_batches)
 
     @property
     def address(self) -> str:
