@@ -11,17 +11,20 @@ SITE := $(shell [ -x $(PY) ] && $(PY) -c 'import sysconfig; print(sysconfig.get_
 
 CLASSIFIER_PORT ?= 50051
 CLASSIFIER_METRICS_PORT ?= 9101
+GENERATOR_PORT ?= 50052
+GENERATOR_METRICS_PORT ?= 9102
 
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier clean
+.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier serve-generator clean
 
 help:
 	@echo "make demo              export the default models, start the classifier, classify sample messages"
 	@echo "make test              set up what the suite needs and run it"
-	@echo "make bench             export limits + classifier benchmark (JSON under bench/results/)"
+	@echo "make bench             export limits + classifier and generator benchmarks (JSON under bench/results/)"
 	@echo "make serve-classifier  run the classifier on :$(CLASSIFIER_PORT) (metrics :$(CLASSIFIER_METRICS_PORT))"
+	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
 	@echo "make models            python -m export defaults --out $(MODELS)"
 	@echo "make protos | lint | clean"
 
@@ -69,13 +72,17 @@ test: $(PB_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(PB_STAMP) $(VENV)/.defaults
-	$(PY) -m export defaults --out $(MODELS) --only intent
+	$(PY) -m export defaults --out $(MODELS)
 	mkdir -p bench/results
 	$(PY) -m bench.export_limits --models $(MODELS) | tee bench/results/export_limits.json
 	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
+	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 
 serve-classifier: $(PB_STAMP)
 	$(PY) -m services.classifier --models $(MODELS) --port $(CLASSIFIER_PORT) --metrics-port $(CLASSIFIER_METRICS_PORT)
+
+serve-generator: $(PB_STAMP)
+	$(PY) -m services.generator --models $(MODELS) --port $(GENERATOR_PORT) --metrics-port $(GENERATOR_METRICS_PORT)
 
 lint: $(PB_STAMP)
 	$(PY) -m ruff format --check services export bench tests

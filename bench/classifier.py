@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
+from bench.targets import check
 from services.core.manifest import Manifest, version_folders
 from services.launcher import service
 
@@ -54,19 +55,14 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
         "served": served,
         "served_max_batch_size_1_c32": unbatched,
         "targets": {
-            "c32_vs_limit": _check(at32["throughput_rps"] / best, ">=", 0.90),
-            "c32_vs_unbatched": _check(at32["throughput_rps"] / unbatched["throughput_rps"], ">=", 1.25),
-            "c32_p99_over_p50": _check(at32["latency_ms"]["p99"] / at32["latency_ms"]["p50"], "<=", 1.5),
-            "c1_p99_ms_vs_batch1_latency_plus_3ms": _check(
+            "c32_vs_limit": check(at32["throughput_rps"] / best, ">=", 0.90),
+            "c32_vs_unbatched": check(at32["throughput_rps"] / unbatched["throughput_rps"], ">=", 1.25),
+            "c32_p99_over_p50": check(at32["latency_ms"]["p99"] / at32["latency_ms"]["p50"], "<=", 1.5),
+            "c1_p99_ms_vs_batch1_latency_plus_3ms": check(
                 served["1"]["latency_ms"]["p99"], "<=", round(batch1_latency + 3.0, 3)
             ),
         },
     }
-
-
-def _check(value: float, op: str, bound: float) -> dict[str, Any]:
-    met = value >= bound if op == ">=" else value <= bound
-    return {"value": round(value, 3), "target": f"{op} {bound}", "met": met}
 
 
 def main(argv: list[str] | None = None) -> int:

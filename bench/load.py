@@ -1,20 +1,24 @@
-"""Load generator: `python -m bench.load --target HOST:PORT --rpc classify --concurrency N --duration S`.
+"""Load generator: `python -m bench.load --target HOST:PORT --rpc classify|generate-stream --concurrency N ...`.
 
 Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`:
-Poisson arrivals at R requests/s, whatever the latency). Texts come from the bundled workload of e-commerce
-customer messages and reviews. Calls that start during `--warmup` are not counted. Prints a progress line every
-second on stderr and the report as JSON on stdout (and to `--json FILE`).
+Poisson arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of
+e-commerce customer messages and reviews; `generate-stream` sends product-description and reply-draft requests
+(chat messages) and measures time to first token and the gaps between streamed tokens. Calls that start during
+`--warmup` are not counted. Prints a progress line every second on stderr and the report as JSON on stdout (and
+to `--json FILE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,7 +26,10 @@ from typing import Any
 
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
+RPCS = ("classify", "generate-stream")
+DEFAULT_GENERATOR = "smollm2-135m-instruct"
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -39,13 +46,21 @@ class LoadOptions:
     concurrency: int = 8
     duration_s: float = 10.0
     warmup_s: float = 2.0
+    ramp_up_s: float = 0.0
     rate: float | None = None
     model: str = "intent"
     texts_per_request: int = 1
     top_k: int = 3
-    timeout_s: float = 10.0
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.2
+    timeout_s: float = 60.0
     seed: int = 0
     progress: bool = True
+
+
+Call = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -53,6 +68,12 @@ class _Tally:
     measure_from: float
     latencies: list[float] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
+    # generate-stream only
+    ttfts: list[float] = field(default_factory=list)
+    inter_token: list[float] = field(default_factory=list)
+    per_output_token: list[float] = field(default_factory=list)
+    tokens: int = 0
+    measure_until: float = float("inf")
 
     def record(self, started: float, code: str) -> None:
         if started < self.measure_from:
@@ -64,43 +85,96 @@ class _Tally:
 
 async def run_load(options: LoadOptions) -> dict[str, Any]:
     """Drive the target and return the report (throughput, latency percentiles in ms, status codes)."""
-    if options.rpc != "classify":
-        raise ValueError(f"unknown --rpc {options.rpc!r}; supported: classify")
-    texts = workload()
+    if options.rpc not in RPCS:
+        raise ValueError(f"unknown --rpc {options.rpc!r}; supported: {', '.join(RPCS)}")
     rng = random.Random(options.seed)
     async with grpc.aio.insecure_channel(options.target) as channel:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         started = time.perf_counter()
         tally = _Tally(measure_from=started + options.warmup_s)
         stop_at = tally.measure_from + options.duration_s
-
-        async def call() -> None:
-            request = classifier_pb2.ClassifyRequest(
-                model=options.model, texts=rng.sample(texts, options.texts_per_request), top_k=options.top_k
-            )
-            begun = time.perf_counter()
-            try:
-                await stub.Classify(request, timeout=options.timeout_s)
-                tally.record(begun, "OK")
-            except grpc.aio.AioRpcError as error:
-                tally.record(begun, error.code().name)
-
+        tally.measure_until = stop_at
+        build = _classify_call if options.rpc == "classify" else _generate_stream_call
+        call = build(channel, options, rng, tally)
         progress = asyncio.ensure_future(_report_progress(tally, stop_at)) if options.progress else None
         if options.rate:
             await _open_loop(call, options.rate, stop_at, rng)
         else:
-            await _closed_loop(call, options.concurrency, stop_at)
+            await _closed_loop(call, options.concurrency, stop_at, options.ramp_up_s)
         if progress:
             progress.cancel()
     return _summary(options, tally)
 
 
-async def _closed_loop(call: Any, concurrency: int, stop_at: float) -> None:
-    async def caller() -> None:
+def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+    texts = workload()
+
+    async def call() -> None:
+        request = classifier_pb2.ClassifyRequest(
+            model=options.model, texts=rng.sample(texts, options.texts_per_request), top_k=options.top_k
+        )
+        begun = time.perf_counter()
+        try:
+            await stub.Classify(request, timeout=options.timeout_s)
+            tally.record(begun, "OK")
+        except grpc.aio.AioRpcError as error:
+            tally.record(begun, error.code().name)
+
+    return call
+
+
+def _generate_stream_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+    prompts = workload("generation.txt")
+
+    async def call() -> None:
+        request = generator_pb2.GenerateRequest(
+            model=options.model,
+            messages=[generator_pb2.ChatMessage(role="user", content=rng.choice(prompts))],
+            sampling=generator_pb2.SamplingParameters(
+                max_new_tokens=options.max_new_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                repetition_penalty=options.repetition_penalty,
+                seed=rng.getrandbits(32),
+            ),
+        )
+        begun = time.perf_counter()
+        arrivals: list[float] = []
+        tokens = 0
+        try:
+            async for message in stub.GenerateStream(request, timeout=options.timeout_s):
+                arrivals.append(time.perf_counter())
+                tokens = message.usage.completion_tokens or tokens
+        except grpc.aio.AioRpcError as error:
+            tally.record(begun, error.code().name)
+            return
+        tally.record(begun, "OK")
+        # Throughput counts tokens that arrived inside the measured window, whenever their call started: each
+        # message carries one token, the final one also those that added no text (end of text, held back).
+        per_message = [1] * (len(arrivals) - 1) + [max(1, tokens - len(arrivals) + 1)]
+        tally.tokens += sum(
+            n for n, at in zip(per_message, arrivals, strict=True) if tally.measure_from <= at < tally.measure_until
+        )
+        if begun >= tally.measure_from and arrivals:
+            tally.ttfts.append(arrivals[0] - begun)
+            tally.inter_token.extend(b - a for a, b in itertools.pairwise(arrivals))
+            if tokens > 1:
+                tally.per_output_token.append((arrivals[-1] - arrivals[0]) / (tokens - 1))
+
+    return call
+
+
+async def _closed_loop(call: Any, concurrency: int, stop_at: float, ramp_up_s: float) -> None:
+    """N callers; with a ramp-up they start evenly spread over it, so calls of similar length (generation to
+    max_new_tokens) do not stay in lockstep waves that only a synchronised benchmark would produce."""
+
+    async def caller(index: int) -> None:
+        await asyncio.sleep(ramp_up_s * index / concurrency)
         while time.perf_counter() < stop_at:
             await call()
 
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
 
 
 async def _open_loop(call: Any, rate: float, stop_at: float, rng: random.Random) -> None:
@@ -153,7 +227,7 @@ def latency_summary_ms(latencies: list[float]) -> dict[str, float]:
 def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
     if options.progress:
         print(file=sys.stderr)
-    return {
+    report = {
         "target": options.target,
         "rpc": options.rpc,
         "mode": "open" if options.rate else "closed",
@@ -167,20 +241,37 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
         "latency_ms": latency_summary_ms(tally.latencies),
         "codes": dict(tally.codes),
     }
+    if options.rpc == "generate-stream":
+        report.update(
+            {
+                "max_new_tokens": options.max_new_tokens,
+                "tokens_in_window": tally.tokens,
+                "tokens_per_s": round(tally.tokens / options.duration_s, 2),
+                "ttft_ms": latency_summary_ms(tally.ttfts),
+                "inter_token_ms": latency_summary_ms(tally.inter_token),
+                "time_per_output_token_ms": latency_summary_ms(tally.per_output_token),
+            }
+        )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True, help="HOST:PORT of a classifier")
-    parser.add_argument("--rpc", default="classify", choices=["classify"], help="which RPC to drive")
+    parser.add_argument("--target", required=True, help="HOST:PORT of a classifier or generator")
+    parser.add_argument("--rpc", default="classify", choices=RPCS, help="which RPC to drive")
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent callers")
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson arrivals)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (after warm-up)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load not counted")
-    parser.add_argument("--model", default="intent", help="model name to request")
+    parser.add_argument(
+        "--ramp-up", type=float, default=0.0, help="closed loop: spread the callers' starts over this many seconds"
+    )
+    parser.add_argument("--model", help="model to request (default: intent, or smollm2-135m-instruct for generation)")
     parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify")
     parser.add_argument("--top-k", type=int, default=3, help="labels per text in each answer (0: all)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="generate-stream: tokens per request")
+    parser.add_argument("--temperature", type=float, default=0.7, help="generate-stream: sampling temperature")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     report = asyncio.run(
@@ -191,10 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 duration_s=args.duration,
                 warmup_s=args.warmup,
+                ramp_up_s=args.ramp_up,
                 rate=args.rate,
-                model=args.model,
+                model=args.model or ("intent" if args.rpc == "classify" else DEFAULT_GENERATOR),
                 texts_per_request=args.texts_per_request,
                 top_k=args.top_k,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
                 timeout_s=args.timeout,
             )
         )

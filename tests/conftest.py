@@ -42,3 +42,21 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, hf_models: dict[str, Pa
             )
         )
     return out
+
+
+@pytest.fixture(scope="session")
+def causal_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight Hugging Face causal LMs (2 layers, byte-level BPE, chat template): llama and gpt2."""
+    root = tmp_path_factory.mktemp("lm")
+    return {arch: fixtures.build_causal_lm(root / arch, arch) for arch in ("llama", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def generator_repo(tmp_path_factory: pytest.TempPathFactory, causal_lms: dict[str, Path]) -> Path:
+    """A model repository with generators `llama` and `gpt2` (v1 fp32 each), exported by export's code."""
+    from export.generator import GeneratorExport, export_generator
+
+    out = tmp_path_factory.mktemp("generators")
+    for name, folder in causal_lms.items():
+        export_generator(GeneratorExport(model=str(folder), name=name, out=out))
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +10,7 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import Classification, ClassifierModel
 from services.core.errors import InvalidArgument
 from services.core.repository import Registry
+from services.core.server import deadline_of
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,6 @@ class ClassifyQuery:
         if request.top_k < 0:
             raise InvalidArgument(f"top_k must be >= 0 (0 = all labels), got {request.top_k}")
         return cls(request.model, request.version, list(request.texts), request.top_k, request.truncate)
-
-
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The caller's deadline as an absolute event-loop time, or None when the caller set none."""
-    remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):

@@ -1,6 +1,6 @@
 """Every Prometheus object of the project. Names: ecomserve_ prefix, base units, counters end in _total.
 
-Labels come only from bounded sets: service, model, method, code, finish_reason, provider, backend.
+Labels come only from bounded sets: service, model, method, code, reason, finish_reason, phase, provider, backend.
 """
 
 from __future__ import annotations
@@ -65,3 +65,45 @@ def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     """Expose /metrics on its own HTTP port (a daemon thread of prometheus_client); port 0 disables it."""
     if port:
         start_http_server(port, addr=host)
+
+
+# Generator (continuous batching).
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ecomserve_time_to_first_token_seconds",
+    "Time from receiving a generation request to its first generated token (queueing and prefill included).",
+    ["service", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "ecomserve_time_per_output_token_seconds",
+    "Mean time between a sequence's generated tokens after the first, observed once per finished sequence.",
+    ["service", "model"],
+    buckets=TOKEN_BUCKETS,
+)
+GENERATED_TOKENS = Counter("ecomserve_generated_tokens_total", "Tokens generated.", ["service", "model"])
+PROMPT_TOKENS = Counter("ecomserve_prompt_tokens_total", "Prompt tokens prefilled.", ["service", "model"])
+RUNNING_SEQUENCES = Gauge(
+    "ecomserve_running_sequences", "Sequences in the running batch (decoded every step).", ["service", "model"]
+)
+WAITING_SEQUENCES = Gauge(
+    "ecomserve_waiting_sequences", "Requests waiting to join the running batch.", ["service", "model"]
+)
+BATCH_OCCUPANCY = Histogram(
+    "ecomserve_batch_occupancy_ratio",
+    "Running sequences / max_running_sequences, observed once per decode step.",
+    ["service", "model"],
+    buckets=RATIO_BUCKETS,
+)
+STEP_DURATION = Histogram(
+    "ecomserve_step_duration_seconds",
+    "Wall time of one scheduler step's forward pass, by phase (prefill of joining requests, decode of the batch).",
+    ["service", "model", "phase"],
+    buckets=FAST_BUCKETS,
+)
+FINISHED_SEQUENCES = Counter(
+    "ecomserve_finished_sequences_total",
+    "Sequences that left the scheduler, by finish_reason (length, stop_sequence, end_of_text, cancelled, deadline, "
+    "error).",
+    ["service", "model", "finish_reason"],
+)

@@ -95,6 +95,12 @@ class ServingServer:
         await self.server.stop(0.5)
 
 
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as an absolute event-loop time, or None when the caller set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
 async def run_until_signal(
     server: ServingServer,
     *,

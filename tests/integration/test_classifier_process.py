@@ -3,46 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
 
-from services.launcher import free_port, wait_serving
+from services.launcher import wait_serving
+from tests.integration.conftest import spawn_service
 
 
 async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(  # noqa: ASYNC220 - starting the child is instant; waits below are async
-        [
-            sys.executable,
-            "-m",
-            "services.classifier",
-            "--models",
-            str(model_repo),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--max-queue-delay-ms",
-            "20",
-            "--grace-period-s",
-            "10",
-        ],
-        env={**os.environ, "ECOMSERVE_CLASSIFIER_MAX_BATCH_SIZE": "8"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process, address = spawn_service(
+        "services.classifier",
+        model_repo,
+        "--max-queue-delay-ms",
+        "20",
+        "--grace-period-s",
+        "10",
+        ECOMSERVE_CLASSIFIER_MAX_BATCH_SIZE="8",
     )
     try:
-        await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", process, 60.0, "the classifier")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await asyncio.to_thread(wait_serving, address, process, 60.0, "the classifier")
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
             request = pb.ClassifyRequest(model="sentiment", texts=["where is my order"] * 4)
             calls = [asyncio.ensure_future(stub.Classify(request)) for _ in range(64)]

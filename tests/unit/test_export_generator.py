@@ -14,12 +14,6 @@ from tests import fixtures
 from tests.unit.test_export_classifier import assert_one_line_failure, run_cli
 
 
-@pytest.fixture(scope="session")
-def causal_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("lm")
-    return {arch: fixtures.build_causal_lm(root / arch, arch) for arch in ("llama", "gpt2")}
-
-
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_decoder_export_with_kv_cache(tmp_path: Path, causal_lms: dict[str, Path], architecture: str) -> None:
     manifest, folder = export_generator(GeneratorExport(model=str(causal_lms[architecture]), name="lm", out=tmp_path))

@@ -1,0 +1,162 @@
+"""Generator benchmark (JSON): continuous batching against one-at-a-time serving, in one run.
+
+On the generator the demo serves (its highest version), 16 concurrent streams of product-description and
+reply-draft requests (bench/workload/generation.txt), max_new_tokens 64, the same sampling everywhere:
+(a) this service; also one lone stream, for the TTFT reference;
+(b) the same service with max_running_sequences=1;
+(c) a seed-style baseline: Hugging Face transformers `generate` in PyTorch, one request at a time.
+Targets: (a) >= 3x (b) and >= 5x (c) in tokens/s; TTFT p99 of (a) <= 3x the lone request's TTFT p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.load import DEFAULT_GENERATOR, LoadOptions, latency_summary_ms, run_load, workload
+from bench.targets import check
+from services.core.manifest import Manifest, version_folders
+from services.launcher import service
+
+STREAMS = 16
+MAX_NEW_TOKENS = 64
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
+
+
+def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
+    versions = version_folders(models, name)
+    if not versions:
+        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    version = max(versions)
+    manifest = Manifest.read(versions[version])
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0"]
+
+    def load(address: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+        print(f"[bench] {concurrency} stream(s) for {duration_s:.0f} s", file=sys.stderr, flush=True)
+        options = LoadOptions(
+            target=address,
+            rpc="generate-stream",
+            model=name,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=8.0,
+            ramp_up_s=6.0,
+            max_new_tokens=MAX_NEW_TOKENS,
+            timeout_s=300.0,
+            temperature=SAMPLING["temperature"],
+            top_p=SAMPLING["top_p"],
+            repetition_penalty=SAMPLING["repetition_penalty"],
+        )
+        return asyncio.run(run_load(options))
+
+    print(f"[bench] (a) {name} v{version}, continuous batching", file=sys.stderr, flush=True)
+    with service("services.generator", *flags) as address:
+        lone = load(address, 1, max(10.0, seconds / 2))
+        batched = load(address, STREAMS, seconds)
+    print("[bench] (b) max_running_sequences=1", file=sys.stderr, flush=True)
+    with service("services.generator", *flags, "--max-running-sequences", "1") as address:
+        one_at_a_time = load(address, STREAMS, seconds)
+    print("[bench] (c) transformers generate in PyTorch, one request at a time", file=sys.stderr, flush=True)
+    baseline = pytorch_baseline(manifest, seconds)
+
+    tokens = batched["tokens_per_s"]
+    return {
+        "model": f"{name}/{version}",
+        "quantization": manifest.quantization.get("method", "none"),
+        "streams": STREAMS,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "sampling": SAMPLING,
+        "a_continuous_batching": _brief(batched),
+        "a_lone_request": _brief(lone),
+        "b_max_running_sequences_1": _brief(one_at_a_time),
+        "c_pytorch_generate_one_at_a_time": baseline,
+        "targets": {
+            "a_vs_b_tokens_per_s": check(tokens / one_at_a_time["tokens_per_s"], ">=", 3.0),
+            "a_vs_c_tokens_per_s": check(tokens / baseline["tokens_per_s"], ">=", 5.0),
+            "a_ttft_p99_vs_lone_ttft_p50": check(batched["ttft_ms"]["p99"] / lone["ttft_ms"]["p50"], "<=", 3.0),
+        },
+    }
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("requests_ok", "codes", "tokens_per_s", "ttft_ms", "time_per_output_token_ms", "inter_token_ms")
+    return {key: report[key] for key in keys}
+
+
+def pytorch_baseline(manifest: Manifest, seconds: float) -> dict[str, Any]:
+    """transformers generate on the model export started from, one request at a time, for `seconds`."""
+    import torch
+    from transformers import GenerationConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    from export.generator import load_causal_lm
+
+    source = manifest.source
+    if source.get("kind") != "local":
+        raise SystemExit(f"{manifest.name} was exported from the hub ({source.get('model')}); the baseline needs it")
+    model, tokenizer = load_causal_lm(source["model"], source.get("file"))
+
+    class Clock(BaseStreamer):  # type: ignore[misc]
+        """Records when generate hands out each new token (its first put() is the prompt)."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    prompts = workload("generation.txt")
+    rng = random.Random(0)
+    eos = manifest.special_tokens.get("eos_token_ids") or None
+    ttfts, per_token, tokens = [], [], 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        messages = [{"role": "user", "content": rng.choice(prompts)}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        config = GenerationConfig(
+            do_sample=True, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=eos[0] if eos else None
+        )
+        config.update(**SAMPLING)
+        clock = Clock()
+        begun = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=clock)
+        generated = int(out.shape[1] - ids.shape[1])
+        tokens += generated
+        token_times = clock.times[1:]
+        if token_times:
+            ttfts.append(token_times[0] - begun)
+        if generated > 1 and len(token_times) > 1:
+            per_token.append((token_times[-1] - token_times[0]) / (len(token_times) - 1))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests_ok": len(ttfts),
+        "tokens_per_s": round(tokens / elapsed, 2),
+        "ttft_ms": latency_summary_ms(ttfts),
+        "time_per_output_token_ms": latency_summary_ms(per_token),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.generator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--name", default=DEFAULT_GENERATOR, help="generator to benchmark (its highest version)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per load point")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

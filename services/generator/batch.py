@@ -1,0 +1,89 @@
+"""DecodeBatch: the running sequences and their shared KV cache, in the shape TGI's CausalLMBatch made familiar.
+
+Rows are LEFT-padded to one width: every row's newest token sits in the last column, padding has attention mask 0
+and position ids count real tokens only, so sequences of different lengths decode together. `prefill` builds a
+batch from new prompts, `decode` runs one step for every row, `filter` drops rows (and the padding columns no
+remaining row needs), `concatenate` joins batches by padding the narrower ones on the left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.generator.decoder import DecoderRunner
+from services.generator.sequence import Sequence
+
+# KV cache axes: [batch, kv_heads, sequence, head_dim].
+BATCH_AXIS, SEQUENCE_AXIS = 0, 2
+
+
+@dataclass
+class DecodeBatch:
+    sequences: list[Sequence]
+    mask: np.ndarray  # [batch, width] int64: 1 where a row has a real token
+    past: list[np.ndarray]  # per layer key and value: [batch, kv_heads, width, head_dim]
+    positions: np.ndarray  # [batch] int64: position id of each row's next token
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @classmethod
+    def prefill(cls, decoder: DecoderRunner, sequences: list[Sequence], pad_id: int) -> tuple[DecodeBatch, np.ndarray]:
+        """Run the prompts (left-padded together, empty past); the new batch and each row's next-token logits."""
+        width = max(len(s.prompt_ids) for s in sequences)
+        ids = np.full((len(sequences), width), pad_id, np.int64)
+        mask = np.zeros((len(sequences), width), np.int64)
+        for row, sequence in enumerate(sequences):
+            ids[row, width - len(sequence.prompt_ids) :] = sequence.prompt_ids
+            mask[row, width - len(sequence.prompt_ids) :] = 1
+        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
+        logits, present = decoder.forward(ids, mask, positions, decoder.empty_past(len(sequences)))
+        return cls(sequences, mask, present, mask.sum(axis=1)), logits
+
+    def decode(self, decoder: DecoderRunner) -> np.ndarray:
+        """Feed every row's last token; the cache grows by one column. Returns next-token logits per row."""
+        tokens = np.array([[s.last_token] for s in self.sequences], np.int64)
+        mask = np.concatenate([self.mask, np.ones((len(self.sequences), 1), np.int64)], axis=1)
+        logits, present = decoder.forward(tokens, mask, self.positions[:, None], self.past)
+        self.mask, self.past, self.positions = mask, present, self.positions + 1
+        return logits
+
+    def filter(self, keep: list[int]) -> DecodeBatch | None:
+        """The rows at `keep` (None when empty), without the leading columns that are padding in all of them."""
+        if not keep:
+            return None
+        if len(keep) == len(self.sequences):
+            return self
+        rows = np.asarray(keep)
+        mask = self.mask[rows]
+        start = int(np.argmax(mask.any(axis=0)))
+        return DecodeBatch(
+            [self.sequences[i] for i in keep],
+            np.ascontiguousarray(mask[:, start:]),
+            [np.ascontiguousarray(t[rows, :, start:]) for t in self.past],
+            self.positions[rows],
+        )
+
+    @classmethod
+    def concatenate(cls, batches: list[DecodeBatch]) -> DecodeBatch:
+        if len(batches) == 1:
+            return batches[0]
+        width = max(b.width for b in batches)
+        masks = [np.pad(b.mask, ((0, 0), (width - b.width, 0))) for b in batches]
+        past = []
+        for layer in range(len(batches[0].past)):
+            parts = []
+            for b in batches:
+                pad = [(0, 0)] * 4
+                pad[SEQUENCE_AXIS] = (width - b.width, 0)
+                parts.append(np.pad(b.past[layer], pad) if b.width < width else b.past[layer])
+            past.append(np.concatenate(parts, axis=BATCH_AXIS))
+        return cls(
+            [s for b in batches for s in b.sequences],
+            np.concatenate(masks, axis=0),
+            past,
+            np.concatenate([b.positions for b in batches]),
+        )

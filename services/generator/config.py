@@ -1,0 +1,68 @@
+"""GeneratorConfig: every knob of the generator service, with flags and ECOMSERVE_GENERATOR_* twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.config import knob, require
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    host: str = knob("0.0.0.0", "address to listen on for gRPC")
+    port: int = knob(50052, "gRPC port (0 picks a free one)")
+    metrics_port: int = knob(9102, "Prometheus /metrics port (0 disables)")
+    models: str = knob("models", "model repository folder (written by `python -m export`)")
+    model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every generator)")
+    max_running_sequences: int = knob(32, "most sequences decoded together in one step (the batch size)")
+    max_batch_total_tokens: int = knob(
+        16384, "most prompt + max_new_tokens tokens summed over the running sequences (bounds the KV cache)"
+    )
+    max_prefill_tokens: int = knob(
+        2048, "most (padded) prompt tokens prefilled in one step; bounds the prefill's memory and its stall"
+    )
+    max_input_tokens: int = knob(1024, "longest prompt in tokens, chat template included")
+    max_new_tokens: int = knob(512, "most tokens one request may generate")
+    default_max_new_tokens: int = knob(128, "max_new_tokens of a request that sets none")
+    max_waiting_requests: int = knob(64, "most requests waiting to start; past it RESOURCE_EXHAUSTED at once")
+    max_stop_sequences: int = knob(8, "most stop sequences per request")
+    device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
+    intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
+    grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
+    log_level: str = knob("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
+        require(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        require(
+            self.max_running_sequences >= 1, f"max_running_sequences must be >= 1, got {self.max_running_sequences}"
+        )
+        require(self.max_input_tokens >= 1, f"max_input_tokens must be >= 1, got {self.max_input_tokens}")
+        require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        require(
+            1 <= self.default_max_new_tokens <= self.max_new_tokens,
+            f"default_max_new_tokens must be 1..max_new_tokens ({self.max_new_tokens}), "
+            f"got {self.default_max_new_tokens}",
+        )
+        require(
+            self.max_batch_total_tokens >= self.max_input_tokens + self.max_new_tokens,
+            f"max_batch_total_tokens ({self.max_batch_total_tokens}) must hold at least one full request: "
+            f"max_input_tokens + max_new_tokens = {self.max_input_tokens + self.max_new_tokens}",
+        )
+        require(
+            self.max_prefill_tokens >= self.max_input_tokens,
+            f"max_prefill_tokens ({self.max_prefill_tokens}) must be >= max_input_tokens ({self.max_input_tokens})",
+        )
+        require(self.max_waiting_requests >= 1, f"max_waiting_requests must be >= 1, got {self.max_waiting_requests}")
+        require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
+        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        require(
+            self.log_level in ("debug", "info", "warning", "error"),
+            f"log_level must be debug, info, warning or error, got {self.log_level!r}",
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,258 @@
+"""ContinuousScheduler: iteration-level batching of one model's sequences (as in Orca, vLLM, TGI).
+
+One asyncio task per model runs the loop schedule -> step -> update:
+- schedule (event loop): drop cancelled and expired waiting requests, admit waiting ones within the budgets;
+- step (worker thread): a prefill of the admitted sequences (their first tokens are published at once), then one
+  decode forward pass for every running sequence, after which the admitted ones join the running batch; sampling
+  and detokenizing per sequence;
+- update (event loop): publish text deltas to the callers; finished and cancelled sequences leave the batch
+  before the next step and free their slot and cache.
+The loop and the worker strictly alternate, so the batch and the sequences are never touched by both at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.core import metrics
+from services.core.errors import DeadlineExceeded, ModelFailure, QueueFull, Unavailable
+from services.generator.batch import DecodeBatch
+from services.generator.decoder import DecoderRunner
+from services.generator.sequence import Sequence, TextDelta
+
+log = logging.getLogger(__name__)
+SERVICE = "generator"
+# After this many steps in a row fail inside onnxruntime, the replica stops (NOT_SERVING, exit non-zero).
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class SchedulerBudgets:
+    max_running_sequences: int
+    max_batch_total_tokens: int
+    max_prefill_tokens: int
+    max_waiting_requests: int
+
+
+class ContinuousScheduler:
+    """Runs submitted sequences to completion in a shared, changing batch. `submit` raises QueueFull past
+    max_waiting_requests and Unavailable while closing; expired waiting sequences receive DeadlineExceeded; a
+    failed step gives every running sequence a ModelFailure."""
+
+    def __init__(
+        self,
+        decoder: DecoderRunner,
+        budgets: SchedulerBudgets,
+        pad_id: int,
+        model_label: str,
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self._decoder = decoder
+        self._budgets = budgets
+        self._pad_id = pad_id
+        self._label = model_label
+        self._on_fatal = on_fatal
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._batch: DecodeBatch | None = None
+        self._joining: DecodeBatch | None = None  # prefilled this iteration, merged by the next decode
+        self._wakeup = asyncio.Event()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failures = 0
+        metrics.RUNNING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._running))
+        metrics.WAITING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
+        metrics.QUEUE_DEPTH.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
+
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self._running if s.active)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler-{self._label}")
+
+    def submit(self, sequence: Sequence) -> None:
+        """Queue a sequence; its deltas arrive on `sequence.events`."""
+        if self._closing or self._task is None:
+            raise Unavailable("the server is draining and accepts no new work; retry on another replica")
+        if len(self._waiting) >= self._budgets.max_waiting_requests:
+            raise QueueFull(
+                f"{len(self._waiting)} requests are waiting, max_waiting_requests="
+                f"{self._budgets.max_waiting_requests}; retry with backoff"
+            )
+        self._waiting.append(sequence)
+        self._wakeup.set()
+
+    def cancel(self, sequence: Sequence) -> None:
+        """The caller went away: the sequence leaves at the next step (or the queue, if it never started)."""
+        if sequence.active:
+            sequence.cancelled = True
+            self._count_finish("cancelled")
+            self._wakeup.set()
+
+    async def aclose(self) -> None:
+        """Refuse new sequences, finish the running and waiting ones, stop the loop and the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._worker.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._running = [s for s in self._running if s.active]
+            if not self._running:
+                self._batch = self._joining = None  # frees the cache of sequences that were cancelled
+            admitted = self._admit(loop.time())
+            if not self._running and not admitted:
+                if self._closing and not self._waiting:
+                    return
+                self._wakeup.clear()
+                if not self._waiting:
+                    await self._wakeup.wait()
+                continue
+            self._running.extend(admitted)
+            # The prefill runs first and is published at once, so a new request's time to first token does not
+            # include the running batch's decode step.
+            steps: list[Callable[[], list[tuple[Sequence, TextDelta]]]] = []
+            if admitted:
+                steps.append(functools.partial(self._prefill, admitted))
+            if self._batch is not None:
+                steps.append(self._decode)
+            for step in steps:
+                try:
+                    deltas = await loop.run_in_executor(self._worker, step)
+                except ModelFailure as failure:
+                    self._fail_running(failure)
+                    break
+                self._failures = 0
+                self._publish(deltas)
+            # Let callers' handlers run (stream writes, cancellations) between steps.
+            await asyncio.sleep(0)
+
+    def _publish(self, deltas: list[tuple[Sequence, TextDelta]]) -> None:
+        for sequence, delta in deltas:
+            if sequence.cancelled:
+                continue
+            sequence.events.put_nowait(delta)
+            if delta.finish is not None:
+                self._record_finished(sequence)
+
+    def _admit(self, now: float) -> list[Sequence]:
+        """Waiting sequences that fit the budgets, oldest first (no overtaking, so none starves)."""
+        budgets = self._budgets
+        reserved = sum(s.reserved_tokens for s in self._running)
+        admitted: list[Sequence] = []
+        widest = 0
+        while self._waiting:
+            sequence = self._waiting[0]
+            if sequence.cancelled:
+                self._waiting.popleft()
+                continue
+            if sequence.deadline is not None and now >= sequence.deadline:
+                self._waiting.popleft()
+                sequence.cancelled = True  # gone from the scheduler; its caller gets the error below
+                sequence.events.put_nowait(
+                    DeadlineExceeded("deadline exceeded while waiting for a free slot; no token was generated")
+                )
+                self._count_finish("deadline")
+                continue
+            width = max(widest, len(sequence.prompt_ids))
+            if (
+                len(self._running) + len(admitted) >= budgets.max_running_sequences
+                or reserved + sequence.reserved_tokens > budgets.max_batch_total_tokens
+                or (admitted and width * (len(admitted) + 1) > budgets.max_prefill_tokens)
+            ):
+                break
+            self._waiting.popleft()
+            admitted.append(sequence)
+            reserved += sequence.reserved_tokens
+            widest = width
+        return admitted
+
+    def _prefill(self, admitted: list[Sequence]) -> list[tuple[Sequence, TextDelta]]:
+        """Worker thread: prefill the admitted prompts and sample their first tokens; they join the running batch
+        at the next decode (or become it)."""
+        started = time.perf_counter()
+        joining, logits = DecodeBatch.prefill(self._decoder, admitted, self._pad_id)
+        self._observe_step("prefill", started)
+        metrics.PROMPT_TOKENS.labels(SERVICE, self._label).inc(sum(len(s.prompt_ids) for s in admitted))
+        deltas = self._advance(admitted, logits)
+        for sequence in admitted:
+            if (ttft := sequence.time_to_first_token_s()) is not None:
+                metrics.TIME_TO_FIRST_TOKEN.labels(SERVICE, self._label).observe(ttft)
+        if self._batch is None:
+            self._batch = joining
+        else:
+            self._joining = joining
+        return deltas
+
+    def _decode(self) -> list[tuple[Sequence, TextDelta]]:
+        """Worker thread: drop finished and cancelled rows, decode one token for every other row, then merge the
+        sequences prefilled in this iteration."""
+        assert self._batch is not None
+        batch = self._batch.filter([i for i, s in enumerate(self._batch.sequences) if s.active])
+        joining, self._joining = self._joining, None
+        deltas: list[tuple[Sequence, TextDelta]] = []
+        if batch is not None:
+            started = time.perf_counter()
+            logits = batch.decode(self._decoder)
+            self._observe_step("decode", started)
+            metrics.BATCH_SIZE.labels(SERVICE, self._label).observe(len(batch.sequences))
+            metrics.BATCH_OCCUPANCY.labels(SERVICE, self._label).observe(
+                len(batch.sequences) / self._budgets.max_running_sequences
+            )
+            deltas = self._advance(batch.sequences, logits)
+        parts = [b for b in (batch, joining) if b is not None]
+        self._batch = DecodeBatch.concatenate(parts) if parts else None
+        return deltas
+
+    def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, TextDelta]]:
+        deltas = []
+        advanced = 0
+        for row, sequence in enumerate(sequences):
+            if not sequence.active:
+                continue  # cancelled while this step ran; it leaves the batch before the next one
+            advanced += 1
+            if (delta := sequence.advance(logits[row])) is not None:
+                deltas.append((sequence, delta))
+        metrics.GENERATED_TOKENS.labels(SERVICE, self._label).inc(advanced)
+        return deltas
+
+    def _observe_step(self, phase: str, started: float) -> None:
+        metrics.STEP_DURATION.labels(SERVICE, self._label, phase).observe(time.perf_counter() - started)
+
+    def _record_finished(self, sequence: Sequence) -> None:
+        assert sequence.finish is not None
+        self._count_finish(sequence.finish.value)
+        per_token = sequence.time_per_output_token_s()
+        if per_token is not None:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(SERVICE, self._label).observe(per_token)
+
+    def _count_finish(self, reason: str) -> None:
+        metrics.FINISHED_SEQUENCES.labels(SERVICE, self._label, reason).inc()
+
+    def _fail_running(self, failure: ModelFailure) -> None:
+        log.error("%s: step failed: %s", self._label, failure)
+        for sequence in self._running:
+            if sequence.active:
+                sequence.cancelled = True  # leaves the batch; its caller gets the failure
+                sequence.events.put_nowait(failure)
+                self._count_finish("error")
+        self._running = []
+        self._batch = self._joining = None
+        self._failures += 1
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            self._on_fatal(f"{self._label}: {self._failures} decode steps in a row failed: {failure}")
