@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.core import config as config_parsing
+from services.core.metrics import serve_metrics
 from services.core.status import StatusInterceptor
 
 log = logging.getLogger(__name__)
@@ -136,3 +139,31 @@ async def run_until_signal(
     await close()
     log.info("%s stopped", server.service)
     return 1 if server.failure else exit_code
+
+
+def serve_main(
+    config_class: type[Any],
+    component: str,
+    make_app: Callable[[Any], Any],
+    argv: list[str] | None,
+    *,
+    description: str,
+) -> int:
+    """The body of every `python -m services.<component>`: parse the config (flags and ECOMSERVE_* env), log it,
+    expose /metrics, then build the app (`.server`, `.load`, `.close`) and run it until SIGTERM. Exit code."""
+    config = config_parsing.parse(
+        config_class, component, argv, prog=f"python -m services.{component}", description=description
+    )
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("effective config:\n%s", config_parsing.describe(config))
+    serve_metrics(config.metrics_port)
+
+    async def serve() -> int:
+        app = make_app(config)  # inside the loop: the app's server and batchers bind to it
+        return await run_until_signal(app.server, load=app.load, close=app.close, grace_s=config.grace_period_s)
+
+    return asyncio.run(serve())

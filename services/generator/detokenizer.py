@@ -33,30 +33,29 @@ class IncrementalDetokenizer:
         if self.stopped:
             return
         self._ids.append(token_id)
-        context = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        window = self._decode(self._ids[self._prefix_offset :])
-        if len(window) <= len(context) or window.endswith(REPLACEMENT_CHAR):
-            return  # no new complete character yet
-        searched_from = max(0, len(self.text) - self._longest_stop + 1)
-        self.text += window[len(context) :]
-        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-        self._cut_at_stop(searched_from)
+        self._read_window(complete_only=True)
 
     def take(self, final: bool = False) -> str:
         """Text not handed out yet; unless final, the tail that could start a stop sequence stays back."""
         if final and not self.stopped:
             # Flush a character that never completed (the model stopped mid-character): show what we have.
-            rest = self._decode(self._ids[self._prefix_offset :])
-            context = self._decode(self._ids[self._prefix_offset : self._read_offset])
-            if len(rest) > len(context):
-                searched_from = max(0, len(self.text) - self._longest_stop + 1)
-                self.text += rest[len(context) :]
-                self._read_offset = len(self._ids)
-                self._cut_at_stop(searched_from)
+            self._read_window(complete_only=False)
         end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
         delta = self.text[self._released : end]
         self._released = max(self._released, end)
         return delta
+
+    def _read_window(self, complete_only: bool) -> None:
+        """Append the text of the tokens after the read offset (decoded with their context token), then look for
+        a stop sequence in what was added. With complete_only, wait while the window ends mid-character."""
+        context = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        window = self._decode(self._ids[self._prefix_offset :])
+        if len(window) <= len(context) or (complete_only and window.endswith(REPLACEMENT_CHAR)):
+            return
+        searched_from = max(0, len(self.text) - self._longest_stop + 1)
+        self.text += window[len(context) :]
+        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+        self._cut_at_stop(searched_from)
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +79,12 @@ def generator(generator_repo: Path) -> Callable[..., Any]:
     return lambda **overrides: running_generator(generator_repo, **overrides)
 
 
-def spawn_service(module: str, models: Path, *flags: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m <module>` as a child process on a free loopback port (no metrics port); (child, HOST:PORT).
-    The caller waits for SERVING and must kill the child if the test fails."""
+@contextmanager
+def spawned_service(
+    module: str, models: Path, *flags: str, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m <module>` as a child process on a free loopback port (no metrics port); yields (child, HOST:PORT).
+    The caller waits for SERVING; a child still running when the block ends is killed."""
     port = free_port()
     listen = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
     child = subprocess.Popen(
@@ -90,4 +93,9 @@ def spawn_service(module: str, models: Path, *flags: str, **env: str) -> tuple[s
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    return child, f"127.0.0.1:{port}"
+    try:
+        yield child, f"127.0.0.1:{port}"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

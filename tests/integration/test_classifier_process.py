@@ -11,11 +11,11 @@ from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
 
 from services.launcher import wait_serving
-from tests.integration.conftest import spawn_service
+from tests.integration.conftest import spawned_service
 
 
 async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path) -> None:
-    process, address = spawn_service(
+    with spawned_service(
         "services.classifier",
         model_repo,
         "--max-queue-delay-ms",
@@ -23,8 +23,7 @@ async def test_sigterm_under_load_completes_every_accepted_request(model_repo: P
         "--grace-period-s",
         "10",
         ECOMSERVE_CLASSIFIER_MAX_BATCH_SIZE="8",
-    )
-    try:
+    ) as (process, address):
         await asyncio.to_thread(wait_serving, address, process, 60.0, "the classifier")
         async with grpc.aio.insecure_channel(address) as channel:
             stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
@@ -42,7 +41,3 @@ async def test_sigterm_under_load_completes_every_accepted_request(model_repo: P
         assert process.wait(timeout=30) == 0
         log = process.stderr.read().decode() if process.stderr else ""
         assert "draining" in log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

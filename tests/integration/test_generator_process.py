@@ -11,12 +11,11 @@ from ecomserve.generator.v1 import generator_pb2 as pb
 from ecomserve.generator.v1 import generator_pb2_grpc
 
 from services.launcher import wait_serving
-from tests.integration.conftest import spawn_service
+from tests.integration.conftest import spawned_service
 
 
 async def test_sigterm_drains_running_streams(generator_repo: Path) -> None:
-    process, address = spawn_service("services.generator", generator_repo, "--grace-period-s", "20")
-    try:
+    with spawned_service("services.generator", generator_repo, "--grace-period-s", "20") as (process, address):
         await asyncio.to_thread(wait_serving, address, process, 60.0, "the generator")
         async with grpc.aio.insecure_channel(address) as channel:
             stub = generator_pb2_grpc.GeneratorServiceStub(channel)
@@ -46,7 +45,3 @@ async def test_sigterm_drains_running_streams(generator_repo: Path) -> None:
         assert process.wait(timeout=30) == 0
         log = process.stderr.read().decode() if process.stderr else ""
         assert "draining" in log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
