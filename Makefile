@@ -13,18 +13,26 @@ CLASSIFIER_PORT ?= 50051
 CLASSIFIER_METRICS_PORT ?= 9101
 GENERATOR_PORT ?= 50052
 GENERATOR_METRICS_PORT ?= 9102
+GATEWAY_PORT ?= 50050
+GATEWAY_HTTP_PORT ?= 8080
+GATEWAY_METRICS_PORT ?= 9100
+RUN ?= run
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier serve-generator clean
+.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier \
+	serve-generator serve-gateway up down prometheus clean
 
 help:
-	@echo "make demo              export the default models, start the classifier, classify sample messages"
+	@echo "make demo              export the default models, start the stack, call it through the gateway, stop it"
+	@echo "make up | down         the stack in the background (+ Prometheus on :9090); logs and pids in $(RUN)/"
 	@echo "make test              set up what the suite needs and run it"
 	@echo "make bench             export limits + classifier and generator benchmarks (JSON under bench/results/)"
 	@echo "make serve-classifier  run the classifier on :$(CLASSIFIER_PORT) (metrics :$(CLASSIFIER_METRICS_PORT))"
 	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
+	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key)"
 	@echo "make models            python -m export defaults --out $(MODELS)"
 	@echo "make protos | lint | clean"
 
@@ -71,18 +79,39 @@ demo: $(PB_STAMP) $(VENV)/.defaults
 test: $(PB_STAMP)
 	$(PY) -m pytest -q
 
+# Prometheus for `make up`: the Debian package, installed when missing.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+		echo "installing the Debian package prometheus ..."; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+		|| { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends prometheus; }; }
+
+up: $(PB_STAMP) $(VENV)/.defaults prometheus
+	$(PY) -m export defaults --out $(MODELS)
+	$(PY) -m services.stack up --models $(MODELS) --run-dir $(RUN)
+
+down:
+	$(PY) -m services.stack down --run-dir $(RUN)
+
 bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
 	mkdir -p bench/results
 	$(PY) -m bench.export_limits --models $(MODELS) | tee bench/results/export_limits.json
 	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
+	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
 
 serve-classifier: $(PB_STAMP)
 	$(PY) -m services.classifier --models $(MODELS) --port $(CLASSIFIER_PORT) --metrics-port $(CLASSIFIER_METRICS_PORT)
 
 serve-generator: $(PB_STAMP)
 	$(PY) -m services.generator --models $(MODELS) --port $(GENERATOR_PORT) --metrics-port $(GENERATOR_METRICS_PORT)
+
+serve-gateway: $(PB_STAMP)
+	$(PY) -m services.gateway --port $(GATEWAY_PORT) --http-port $(GATEWAY_HTTP_PORT) \
+		--metrics-port $(GATEWAY_METRICS_PORT) --classifier 127.0.0.1:$(CLASSIFIER_PORT) \
+		--generator 127.0.0.1:$(GENERATOR_PORT) --api-keys "$(API_KEYS)"
 
 lint: $(PB_STAMP)
 	$(PY) -m ruff format --check services export bench tests

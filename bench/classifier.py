@@ -33,7 +33,7 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
     manifest = Manifest.read(folder)
     print(f"[bench] (a) in-process limit of {name} v{version}", file=sys.stderr, flush=True)
     limit = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
-    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0"]
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
     def load(address: str, concurrency: int) -> dict[str, Any]:
         print(f"[bench] concurrency {concurrency}", file=sys.stderr, flush=True)

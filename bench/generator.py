@@ -35,7 +35,7 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
         raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
     version = max(versions)
     manifest = Manifest.read(versions[version])
-    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0"]
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
     def load(address: str, concurrency: int, duration_s: float) -> dict[str, Any]:
         print(f"[bench] {concurrency} stream(s) for {duration_s:.0f} s", file=sys.stderr, flush=True)

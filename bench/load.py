@@ -1,9 +1,10 @@
-"""Load generator: `python -m bench.load --target HOST:PORT --rpc classify|generate-stream --concurrency N ...`.
+"""Load generator: `python -m bench.load --target HOST:PORT --rpc classify|generate-stream|route-message ...`.
 
 Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`:
 Poisson arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of
 e-commerce customer messages and reviews; `generate-stream` sends product-description and reply-draft requests
-(chat messages) and measures time to first token and the gaps between streamed tokens. Calls that start during
+(chat messages) and measures time to first token and the gaps between streamed tokens; `route-message` sends
+the workload's messages to the gateway's RouteMessage with `--api-key`. Calls that start during
 `--warmup` are not counted. Prints a progress line every second on stderr and the report as JSON on stdout (and
 to `--json FILE`).
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import sys
 import time
@@ -26,9 +28,10 @@ from typing import Any
 
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
-RPCS = ("classify", "generate-stream")
+RPCS = ("classify", "generate-stream", "route-message")
 DEFAULT_GENERATOR = "smollm2-135m-instruct"
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
@@ -58,6 +61,7 @@ class LoadOptions:
     timeout_s: float = 60.0
     seed: int = 0
     progress: bool = True
+    api_key: str = ""
 
 
 Call = Callable[[], Awaitable[None]]
@@ -93,8 +97,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         tally = _Tally(measure_from=started + options.warmup_s)
         stop_at = tally.measure_from + options.duration_s
         tally.measure_until = stop_at
-        build = _classify_call if options.rpc == "classify" else _generate_stream_call
-        call = build(channel, options, rng, tally)
+        call = BUILDERS[options.rpc](channel, options, rng, tally)
         progress = asyncio.ensure_future(_report_progress(tally, stop_at)) if options.progress else None
         if options.rate:
             await _open_loop(call, options.rate, stop_at, rng)
@@ -116,6 +119,24 @@ def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.
         begun = time.perf_counter()
         try:
             await stub.Classify(request, timeout=options.timeout_s)
+            tally.record(begun, "OK")
+        except grpc.aio.AioRpcError as error:
+            tally.record(begun, error.code().name)
+
+    return call
+
+
+def _route_message_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    """The gateway's RouteMessage: one workload message per call, with the API key."""
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    texts = workload()
+    metadata = (("x-api-key", options.api_key),) if options.api_key else ()
+
+    async def call() -> None:
+        request = gateway_pb2.RouteMessageRequest(message=rng.choice(texts))
+        begun = time.perf_counter()
+        try:
+            await stub.RouteMessage(request, timeout=options.timeout_s, metadata=metadata)
             tally.record(begun, "OK")
         except grpc.aio.AioRpcError as error:
             tally.record(begun, error.code().name)
@@ -163,6 +184,9 @@ def _generate_stream_call(channel: grpc.aio.Channel, options: LoadOptions, rng: 
                 tally.per_output_token.append((arrivals[-1] - arrivals[0]) / (tokens - 1))
 
     return call
+
+
+BUILDERS = {"classify": _classify_call, "generate-stream": _generate_stream_call, "route-message": _route_message_call}
 
 
 async def _closed_loop(call: Any, concurrency: int, stop_at: float, ramp_up_s: float) -> None:
@@ -257,7 +281,7 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True, help="HOST:PORT of a classifier or generator")
+    parser.add_argument("--target", required=True, help="HOST:PORT of a classifier, generator or gateway")
     parser.add_argument("--rpc", default="classify", choices=RPCS, help="which RPC to drive")
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent callers")
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson arrivals)")
@@ -272,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generate-stream: tokens per request")
     parser.add_argument("--temperature", type=float, default=0.7, help="generate-stream: sampling temperature")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ECOMSERVE_API_KEY", ""),
+        help="route-message: the gateway API key [env ECOMSERVE_API_KEY]",
+    )
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     report = asyncio.run(
@@ -290,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
                 timeout_s=args.timeout,
+                api_key=args.api_key,
             )
         )
     )

@@ -1,30 +1,50 @@
-"""`make demo`: start the classifier and the generator on the exported defaults, classify sample customer
-messages, stream a reply draft, stop both."""
+"""`make demo`: start the classifier, the generator and the gateway on the exported defaults, then through the
+gateway route sample customer messages, describe a product (JSON over HTTP) and stream a reply draft (gRPC);
+stop everything, also when something fails."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import secrets
 import sys
+import tempfile
+import urllib.request
 from pathlib import Path
 
 import grpc
-from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
+from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.launcher import service
+from services.launcher import exit_on_termination, free_port, service
 
+GENERATOR = "smollm2-135m-instruct"
 MESSAGES = [
     "Where is my order? It was supposed to arrive yesterday.",
     "I want to talk to a real person, not a bot.",
     "This is the third time my package is late. I am really disappointed.",
-    "Can I change the delivery address for order 4471?",
-    "How do I return the shoes? They are too small.",
-    "You charged my card twice for the same purchase!",
 ]
-GENERATOR = "smollm2-135m-instruct"
-REPLY_REQUEST = (
-    "Write a short, polite reply to this customer. Order 4471 shipped on Monday and arrives Thursday.\n\n"
-    "Customer: Where is my order? It was supposed to arrive yesterday."
+PRODUCT = {
+    "title": "Trail running shoe",
+    "category": "running shoes",
+    "attributes": [
+        {"key": "upper", "value": "recycled mesh"},
+        {"key": "weight", "value": "260 g"},
+        {"key": "drop", "value": "6 mm"},
+    ],
+    "tone": "energetic",
+    "maxWords": 60,
+    "seed": "7",
+}
+REPLY = gateway_pb2.DraftReplyRequest(
+    message="Where is my order? It was supposed to arrive yesterday.",
+    order=gateway_pb2.OrderContext(
+        order_id="4471",
+        status="shipped on Monday, arrives on Thursday",
+        items=[gateway_pb2.OrderItem(name="Trail running shoe", quantity=1, status="shipped")],
+    ),
+    agent_name="Sam from Support",
+    max_words=60,
+    seed=7,
 )
 
 
@@ -32,49 +52,75 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__)
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository (default: models)")
     args = parser.parse_args()
-    common = ["--models", str(args.models), "--metrics-port", "0", "--log-level", "warning"]
+    exit_on_termination()
+    api_key = secrets.token_urlsafe(24)
+    common = ["--metrics-port", "0", "--log-level", "warning"]
+    models = ["--models", str(args.models), *common]
+    logs = Path(tempfile.mkdtemp(prefix="ecomserve-demo-"))
+    http_port = free_port()
     try:
-        print("starting the classifier and the generator ...", flush=True)
+        print(f"starting the classifier, the generator and the gateway (logs in {logs}) ...", flush=True)
         with (
-            service("services.classifier", *common, "--model-names", "intent", quiet=False) as classifier,
-            service("services.generator", *common, "--model-names", GENERATOR, quiet=False) as generator,
+            service("services.classifier", *models, "--model-names", "intent", log=logs / "classifier.log") as cls,
+            service("services.generator", *models, "--model-names", GENERATOR, log=logs / "generator.log") as gen,
+            service(
+                "services.gateway",
+                *common,
+                "--classifier",
+                cls,
+                "--generator",
+                gen,
+                "--http-port",
+                str(http_port),
+                "--api-keys",
+                f"demo={api_key}",
+                log=logs / "gateway.log",
+            ) as gateway,
         ):
-            classify(classifier)
-            draft_reply(generator)
+            print(f"gateway ready: gRPC {gateway}, HTTP 127.0.0.1:{http_port}\n")
+            with grpc.insecure_channel(gateway) as channel:
+                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+                metadata = (("authorization", f"Bearer {api_key}"),)
+                route_messages(stub, metadata)
+                describe_product(http_port, api_key)
+                draft_reply(stub, metadata)
         return 0
-    except (RuntimeError, grpc.RpcError) as error:
-        print(f"demo failed: {error}", file=sys.stderr)
+    except (RuntimeError, OSError, grpc.RpcError) as error:
+        print(f"\ndemo failed: {error}\n(service logs in {logs})", file=sys.stderr)
         return 1
 
 
-def classify(address: str) -> None:
-    with grpc.insecure_channel(address) as channel:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        request = classifier_pb2.ClassifyRequest(model="intent", texts=MESSAGES, top_k=3)
-        response = stub.Classify(request, timeout=30)
-    print(f"\nintent v{response.version}, served by ecomserve on {address}:\n")
-    for message, result in zip(MESSAGES, response.results, strict=True):
-        best = ", ".join(f"{label.label} {label.score:.2f}" for label in result.labels)
-        print(f"  {message}\n    -> {best}")
+def route_messages(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
+    print("RouteMessage (gRPC): which support queue each customer message goes to\n")
+    for message in MESSAGES:
+        routed = stub.RouteMessage(gateway_pb2.RouteMessageRequest(message=message), metadata=metadata, timeout=30)
+        intents = ", ".join(f"{intent.label} {intent.score:.2f}" for intent in routed.intents)
+        print(f"  {message}\n    -> queue {routed.queue!r} ({routed.reason}); intents: {intents}")
 
 
-def draft_reply(address: str) -> None:
-    request = generator_pb2.GenerateRequest(
-        model=GENERATOR,
-        messages=[generator_pb2.ChatMessage(role="user", content=REPLY_REQUEST)],
-        sampling=generator_pb2.SamplingParameters(max_new_tokens=80, temperature=0.3, repetition_penalty=1.2, seed=7),
+def describe_product(http_port: int, api_key: str) -> None:
+    print(f"\nPOST /v1/describe-product (JSON over HTTP): {PRODUCT['title']}\n")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/v1/describe-product",
+        data=json.dumps(PRODUCT).encode(),
+        headers={"content-type": "application/json", "x-api-key": api_key},
     )
-    print(f"\n{GENERATOR}, streamed from {address}:\n\n  ", end="", flush=True)
-    with grpc.insecure_channel(address) as channel:
-        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        for message in stub.GenerateStream(request, timeout=120):
-            print(message.text.replace("\n", "\n  "), end="", flush=True)
-            if message.finish_reason:
-                finish = generator_pb2.FinishReason.Name(message.finish_reason)
-                print(
-                    f"\n\n  [{finish}, {message.usage.completion_tokens} tokens, "
-                    f"first token after {message.time_to_first_token_ms:.0f} ms]\n"
-                )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        described = json.loads(response.read())
+    print(f"  {described['description']}\n")
+    print(
+        f"  [{described['template']}, {described['model']} v{described['modelVersion']}, "
+        f"{described['usage']['completionTokens']} tokens, {described['finishReason']}]"
+    )
+
+
+def draft_reply(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
+    print(f"\nDraftReply (gRPC, streamed) to: {REPLY.message}\n\n  ", end="", flush=True)
+    for message in stub.DraftReply(REPLY, metadata=metadata, timeout=120):
+        print(message.text.replace("\n", "\n  "), end="", flush=True)
+        if message.finish_reason:
+            finish = gateway_pb2.FinishReason.Name(message.finish_reason)
+            print(f"\n\n  [{message.template}, {message.usage.completion_tokens} tokens, {finish}]\n")
 
 
 if __name__ == "__main__":

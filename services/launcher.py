@@ -1,10 +1,14 @@
-"""Starting services as child processes, waiting for SERVING, stopping them: for `make demo` and benchmarks.
+"""Starting services as child processes, waiting for SERVING, stopping them: for `make demo`, `make up` and
+the benchmarks.
 
-Each child runs in its own process group and is stopped with SIGTERM (then SIGKILL) on every exit path.
+Each child runs in its own process group and is stopped with SIGTERM (then SIGKILL) on every exit path; children
+of a foreground run also get SIGTERM from the kernel if their parent dies without cleaning up.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -13,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +46,39 @@ def wait_serving(address: str, child: subprocess.Popen[bytes], timeout_s: float,
     raise RuntimeError(f"{name} was not SERVING on {address} after {timeout_s:.0f} s")
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): the kernel sends SIGTERM when the parent exits, even on SIGKILL."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(module: str, *args: str, detached: bool = False, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python -m <module> <args>` in its own process group. A foreground child dies with this process; a
+    detached one (`make up`) outlives it. Output goes to `log` when given, else to this terminal."""
+    sink = log.open("ab") if log else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            start_new_session=True,
+            stdout=sink,
+            stderr=sink,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=None if detached or not sys.platform.startswith("linux") else _die_with_parent,
+        )
+    finally:
+        if sink:
+            sink.close()
+
+
+def exit_on_termination() -> None:
+    """SIGTERM and SIGHUP raise SystemExit, so `finally` blocks stop the children (Ctrl-C already does)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda number, _frame: sys.exit(128 + number))
+
+
 def stop(child: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
     if child.poll() is not None:
         return
@@ -53,15 +91,11 @@ def stop(child: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 
 
 @contextmanager
-def service(module: str, *flags: str, timeout_s: float = 180.0, quiet: bool = True) -> Iterator[str]:
+def service(module: str, *flags: str, timeout_s: float = 180.0, log: Path | None = None) -> Iterator[str]:
     """Run `python -m <module> --host 127.0.0.1 --port <free> <flags>` until the block ends; yields HOST:PORT."""
     port = free_port()
     address = f"127.0.0.1:{port}"
-    child = subprocess.Popen(
-        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *flags],
-        start_new_session=True,
-        stderr=subprocess.DEVNULL if quiet else None,
-    )
+    child = spawn(module, "--host", "127.0.0.1", "--port", str(port), *flags, log=log)
     try:
         wait_serving(address, child, timeout_s, module)
         yield address

@@ -133,7 +133,7 @@ def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=512,
             **special,
         )
         model: torch.nn.Module = LlamaForCausalLM(config)

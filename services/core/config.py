@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 
-def knob(default: Any, help: str) -> Any:
-    """A config field with its user-facing help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def knob(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A config field with its user-facing help text; a secret one is never printed, only counted."""
+    return dataclasses.field(default=default, metadata={"help": help, "secret": secret})
 
 
 def env_name(component: str, field_name: str) -> str:
@@ -68,7 +68,7 @@ def parse(
 
 def describe(config: Any) -> str:
     """One line per field: what each service prints at start."""
-    return "\n".join(f"  {f.name} = {_show(getattr(config, f.name))}" for f in dataclasses.fields(config))
+    return "\n".join(f"  {f.name} = {_show_field(config, f)}" for f in dataclasses.fields(config))
 
 
 def require(condition: bool, message: str) -> None:
@@ -102,6 +102,13 @@ def _metavar(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         return "A,B,..."
     return getattr(kind, "__name__", str(kind)).upper()
+
+
+def _show_field(config: Any, field: dataclasses.Field[Any]) -> str:
+    value = getattr(config, field.name)
+    if field.metadata.get("secret") and value:
+        return f"({len(value) if isinstance(value, tuple) else 1} set, not shown)"
+    return _show(value)
 
 
 def _show(value: Any) -> str:

@@ -14,7 +14,9 @@ class NotFound(ServingError):
 
 
 class ResourceExhausted(ServingError):
-    """A queue or rate limit is full; retrying later may succeed."""
+    """A queue or rate limit is full; retrying later may succeed (after `retry_after_s` when it is known)."""
+
+    retry_after_s: float | None = None
 
 
 class QueueFull(ResourceExhausted):

@@ -1,6 +1,7 @@
 """Every Prometheus object of the project. Names: ecomserve_ prefix, base units, counters end in _total.
 
-Labels come only from bounded sets: service, model, method, code, reason, finish_reason, phase, provider, backend.
+Labels come only from bounded sets: service, model, method, code, reason, finish_reason, phase, provider, backend,
+api_key (the names of the configured keys, never the keys).
 """
 
 from __future__ import annotations
@@ -106,4 +107,29 @@ FINISHED_SEQUENCES = Counter(
     "Sequences that left the scheduler, by finish_reason (length, stop_sequence, end_of_text, cancelled, deadline, "
     "error).",
     ["service", "model", "finish_reason"],
+)
+
+
+# Gateway.
+BACKEND_REQUESTS = Counter(
+    "ecomserve_backend_requests_total",
+    "Calls from the gateway to a backend, by final status.",
+    ["backend", "method", "code"],
+)
+BACKEND_DURATION = Histogram(
+    "ecomserve_backend_request_duration_seconds",
+    "Time of a gateway -> backend call, retries included (streams: until the last message).",
+    ["backend", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+BACKEND_RETRIES = Counter(
+    "ecomserve_backend_retries_total",
+    "Attempts the gateway's channel retried (UNAVAILABLE from a replica) before a replica answered.",
+    ["backend", "method"],
+)
+BACKEND_READY = Gauge(
+    "ecomserve_backend_ready", "1 while the backend has at least one SERVING replica connected.", ["backend"]
+)
+RATE_LIMITED = Counter(
+    "ecomserve_rate_limited_requests_total", "Requests refused by an API key's rate limit.", ["service", "api_key"]
 )

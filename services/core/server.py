@@ -29,19 +29,38 @@ QUIET_PERIOD_S = 0.3
 
 
 class ServingServer:
-    """A grpc.aio server that reports NOT_SERVING until `set_serving(True)` and drains gracefully."""
+    """A grpc.aio server that reports NOT_SERVING until `set_serving(True)` and drains gracefully.
 
-    def __init__(self, *, service: str, service_names: Sequence[str], address: str, register: Register) -> None:
+    `ready`, when given, is a further condition of SERVING (the gateway's: every backend has a SERVING replica);
+    call `refresh_health()` when it changes. `credentials` serve TLS instead of plaintext.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        service_names: Sequence[str],
+        address: str,
+        register: Register,
+        ready: Callable[[], bool] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.service = service
         self._service_names = list(service_names)
         self._address = address
-        self._interceptor = StatusInterceptor(service)
+        self._ready = ready
+        self._credentials = credentials
+        self._serving = False
+        self.interceptor = StatusInterceptor(service)
         self.server = grpc.aio.server(
-            interceptors=[self._interceptor],
+            interceptors=[self.interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
         register(self.server)
@@ -63,7 +82,10 @@ class ServingServer:
 
     async def start(self) -> int:
         """Bind and start; health is NOT_SERVING until set_serving(True). Returns the bound port."""
-        self.port = self.server.add_insecure_port(self._address)
+        if self._credentials is None:
+            self.port = self.server.add_insecure_port(self._address)
+        else:
+            self.port = self.server.add_secure_port(self._address, self._credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}")
         await self.set_serving(False)
@@ -71,7 +93,15 @@ class ServingServer:
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._serving = serving
+        await self.refresh_health()
+
+    @property
+    def serving(self) -> bool:
+        return self._serving and (self._ready is None or self._ready())
+
+    async def refresh_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
 
@@ -79,20 +109,20 @@ class ServingServer:
         """NOT_SERVING at once (load balancers stop sending), refuse new RPCs with UNAVAILABLE, let every RPC
         already received finish within grace_s, then stop the transport."""
         await self.set_serving(False)
-        self._interceptor.draining = True
+        self.interceptor.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         # Idle must last a moment: RPCs the transport already received may still be on their way to a handler,
         # and stopping the server would cancel them instead of answering them.
         while loop.time() < deadline:
-            if await self._interceptor.wait_idle(deadline - loop.time()):
+            if await self.interceptor.wait_idle(deadline - loop.time()):
                 await asyncio.sleep(min(QUIET_PERIOD_S, max(0.0, deadline - loop.time())))
-                if self._interceptor.inflight == 0:
+                if self.interceptor.inflight == 0:
                     break
-        if self._interceptor.inflight:
+        if self.interceptor.inflight:
             log.warning(
                 "%d RPCs still running after the %.1f s grace period; cancelling them",
-                self._interceptor.inflight,
+                self.interceptor.inflight,
                 grace_s,
             )
         await self.server.stop(0.5)
@@ -117,7 +147,7 @@ async def run_until_signal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     port = await server.start()
-    log.info("%s listening on port %d (NOT_SERVING until models are loaded and warmed up)", server.service, port)
+    log.info("%s listening on port %d (NOT_SERVING until ready)", server.service, port)
     loading = loop.create_task(load())
     stop_wait = loop.create_task(stopping.wait())
     await asyncio.wait({loading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -129,7 +159,7 @@ async def run_until_signal(
             stopping.set()
         else:
             await server.set_serving(True)
-            log.info("%s SERVING", server.service)
+            log.info("%s loaded; %s", server.service, "SERVING" if server.serving else "NOT_SERVING until ready")
     else:
         loading.cancel()
     await stopping.wait()
@@ -163,7 +193,11 @@ def serve_main(
     serve_metrics(config.metrics_port)
 
     async def serve() -> int:
-        app = make_app(config)  # inside the loop: the app's server and batchers bind to it
+        try:
+            app = make_app(config)  # inside the loop: the app's server and batchers bind to it
+        except (ValueError, OSError) as error:  # a bad file named by the config: say which, without a traceback
+            log.error("cannot start %s: %s", component, error)
+            return 2
         return await run_until_signal(app.server, load=app.load, close=app.close, grace_s=config.grace_period_s)
 
     return asyncio.run(serve())

@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from services.core import errors, metrics
 
@@ -27,6 +30,11 @@ STATUS_OF: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 INTERNAL_MESSAGE = "internal error; it was logged on the server"
+# gRPC tells a retried attempt how many came before it; echoing that back lets the caller (the gateway) count
+# the retries its channel made on its own.
+PREVIOUS_ATTEMPTS_IN = "grpc-previous-rpc-attempts"
+PREVIOUS_ATTEMPTS_OUT = "ecomserve-previous-attempts"
+REQUEST_ID = "x-request-id"
 
 
 def status_of(error: BaseException) -> grpc.StatusCode:
@@ -81,46 +89,50 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = self._begin()
+            started = self.begin()
             code = grpc.StatusCode.OK
             try:
-                self._refuse_if_draining()
+                self.refuse_new_calls()
+                _echo_previous_attempts(context)
                 return await behavior(request, context)
             except BaseException as error:  # every outcome is counted, then re-raised or mapped
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self._end(method, code, started)
+                self.end(method, code, started)
 
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = self._begin()
+            started = self.begin()
             code = grpc.StatusCode.OK
             try:
-                self._refuse_if_draining()
+                self.refuse_new_calls()
+                _echo_previous_attempts(context)
                 async for response in behavior(request, context):
                     yield response
             except BaseException as error:  # every outcome is counted, then re-raised or mapped
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self._end(method, code, started)
+                self.end(method, code, started)
 
         return stream
 
-    def _refuse_if_draining(self) -> None:
+    def refuse_new_calls(self) -> None:
         if self.draining:
             raise errors.Unavailable(f"{self._service} is shutting down; retry on another replica")
 
-    def _begin(self) -> float:
+    def begin(self) -> float:
+        """Count a call in flight (draining waits for it); another transport of the service (the gateway's HTTP
+        bridge) calls begin/end around its requests, and refuse_new_calls before its work."""
         metrics.INFLIGHT.labels(self._service).inc()
         self.inflight += 1
         self._idle.clear()
         return time.perf_counter()
 
-    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def end(self, method: str, code: grpc.StatusCode, started: float) -> None:
         metrics.INFLIGHT.labels(self._service).dec()
         self.inflight -= 1
         if self.inflight == 0:
@@ -144,6 +156,26 @@ async def _reraise_or_abort(
     if isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
         raise error
     if code is grpc.StatusCode.INTERNAL:
-        log.error("%s failed with an unexpected error", method, exc_info=error)
+        request_id = dict(context.invocation_metadata() or ()).get(REQUEST_ID, "-")
+        log.error("%s failed with an unexpected error (request %s)", method, request_id, exc_info=error)
     # Never send an unexpected exception's text to the caller: it may hold internals.
-    await context.abort(code, INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error))
+    message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error)
+    retry_after_s = error.retry_after_s if isinstance(error, errors.ResourceExhausted) else None
+    trailing = () if retry_after_s is None else retry_info_metadata(code, message, retry_after_s)
+    await context.abort(code, message, trailing_metadata=trailing)
+
+
+def retry_info_metadata(code: grpc.StatusCode, message: str, retry_after_s: float) -> tuple[tuple[str, bytes], ...]:
+    """The status as google.rpc.Status with a RetryInfo detail (grpc-status-details-bin), the standard retry hint."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(retry_after_s * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+def _echo_previous_attempts(context: grpc.aio.ServicerContext) -> None:
+    for key, value in context.invocation_metadata() or ():
+        if key == PREVIOUS_ATTEMPTS_IN:
+            context.set_trailing_metadata(((PREVIOUS_ATTEMPTS_OUT, str(value)),))

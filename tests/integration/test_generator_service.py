@@ -247,5 +247,5 @@ async def test_unknown_model_is_not_found_and_list_models_describes_them(generat
         listed = await stub.ListModels(pb.ListModelsRequest())
         by_name = {m.name: m for m in listed.models}
         assert set(by_name) == {"gpt2", "llama"}
-        assert by_name["llama"].has_chat_template and by_name["llama"].max_sequence_length == 256
-        assert by_name["llama"].max_input_tokens == 255  # capped by the context, below the 1024 default
+        assert by_name["llama"].has_chat_template and by_name["llama"].max_sequence_length == 512
+        assert by_name["llama"].max_input_tokens == 511  # capped by the context, below the 1024 default

@@ -1,0 +1,226 @@
+"""The gateway's backends: one gRPC channel per backend kind over all of its replicas.
+
+Each channel balances round robin over the replicas whose grpc.health.v1 status is SERVING (client-side health
+checking: a draining or loading replica gets no new calls), retries UNAVAILABLE with backoff through the service
+config, and keeps its connections alive. Calls get the caller's remaining time minus a margin and its request id.
+Backend failures become the gateway's domain errors, naming the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.core import errors, metrics
+
+log = logging.getLogger(__name__)
+
+# The backends echo how many attempts gRPC made before theirs (see services.core.status), so retries, which the
+# channel makes on its own, can be counted.
+PREVIOUS_ATTEMPTS_KEY = "ecomserve-previous-attempts"
+REQUEST_ID_KEY = "x-request-id"
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# Replicas come back within seconds on Kubernetes; gRPC's default backoff grows to 120 s.
+MAX_RECONNECT_BACKOFF_MS = 2_000
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the gateway knows about one incoming call: who, which request id, and until when (event-loop time)."""
+
+    caller: str
+    request_id: str
+    deadline: float | None
+
+
+def channel_target(addresses: str) -> str:
+    """`dns:///name:port` (all A records, re-resolved on failure) passes through; a comma-separated HOST:PORT list
+    becomes one `ipv4:`/`ipv6:` target so that a single channel balances over every listed replica."""
+    addresses = addresses.strip()
+    if ":///" in addresses or "," not in addresses:
+        return addresses
+    resolved = [_resolve(address.strip()) for address in addresses.split(",") if address.strip()]
+    families = {family for family, _ in resolved}
+    if len(families) > 1:
+        raise ValueError(f"{addresses!r} mixes IPv4 and IPv6 replicas; list one family or use dns:///")
+    return f"{families.pop()}:{','.join(address for _, address in resolved)}"
+
+
+def _resolve(address: str) -> tuple[str, str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"backend address {address!r} must be HOST:PORT")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+    if ip.version == 6:
+        return "ipv6", f"[{ip}]:{port}"
+    return "ipv4", f"{ip}:{port}"
+
+
+def service_config(service_name: str, max_attempts: int) -> str:
+    config: dict[str, Any] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": service_name},
+    }
+    if max_attempts > 1:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service_name}],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+class Backend:
+    """All replicas of one backend service (`name` is "classifier" or "generator"), behind one channel.
+
+    `ready` is True while at least one replica is connected and SERVING. `unary` and `stream` make calls with the
+    caller's deadline and request id, record backend metrics, and raise domain errors naming the backend.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        addresses: str,
+        service_name: str,
+        *,
+        max_attempts: int,
+        default_timeout_s: float,
+        deadline_margin_s: float,
+    ) -> None:
+        self.name = name
+        self.target = channel_target(addresses)
+        self._default_timeout_s = default_timeout_s
+        self._margin_s = deadline_margin_s
+        self.channel = grpc.aio.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.service_config", service_config(service_name, max_attempts)),
+                ("grpc.enable_retries", 1),
+                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ],
+        )
+        self.ready = False
+        metrics.BACKEND_READY.labels(name).set(0)
+
+    async def watch(self, on_change: Callable[[], Awaitable[None]]) -> None:
+        """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled."""
+        while True:
+            state = self.channel.get_state(try_to_connect=True)
+            ready = state is grpc.ChannelConnectivity.READY
+            if ready != self.ready:
+                self.ready = ready
+                metrics.BACKEND_READY.labels(self.name).set(int(ready))
+                log.log(
+                    logging.INFO if ready else logging.WARNING,
+                    "%s backend (%s): %s",
+                    self.name,
+                    self.target,
+                    "a replica is SERVING" if ready else f"no SERVING replica ({state.name})",
+                )
+                await on_change()
+            await self.channel.wait_for_state_change(state)
+
+    async def unary(self, method: str, rpc: Any, request: Any, call: CallContext) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            pending = rpc(request, timeout=self._timeout(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+            response = await pending
+            self._count_retries(method, await pending.trailing_metadata())
+            return response
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise self._domain_error(error, call) from None
+        finally:
+            self._record(method, code, started)
+
+    async def stream(self, method: str, rpc: Any, request: Any, call: CallContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        responses = rpc(request, timeout=self._timeout(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+        try:
+            async for response in responses:
+                yield response
+            self._count_retries(method, await responses.trailing_metadata())
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise self._domain_error(error, call) from None
+        except BaseException:  # the caller went away or stopped reading: stop the backend's sequence too
+            code = grpc.StatusCode.CANCELLED
+            responses.cancel()
+            raise
+        finally:
+            self._record(method, code, started)
+
+    async def aclose(self) -> None:
+        await self.channel.close()
+
+    def _timeout(self, call: CallContext) -> float:
+        if call.deadline is None:
+            return self._default_timeout_s
+        remaining = call.deadline - asyncio.get_running_loop().time() - self._margin_s
+        if remaining <= 0:
+            raise errors.DeadlineExceeded(
+                f"the deadline leaves no time for the {self.name} backend (the gateway keeps "
+                f"{self._margin_s * 1000:.0f} ms to answer)"
+            )
+        return remaining
+
+    def _domain_error(self, error: grpc.aio.AioRpcError, call: CallContext) -> BaseException:
+        code, details = error.code(), error.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return errors.Unavailable(f"{self.name} backend ({self.target}) unavailable: {details}")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.DeadlineExceeded(f"deadline exceeded while the {self.name} backend worked on the request")
+        if code is grpc.StatusCode.CANCELLED:
+            return asyncio.CancelledError()
+        passed_through = PASSED_THROUGH.get(code)
+        if passed_through is not None:
+            return passed_through(details)  # the backend's message already names the field and the limit
+        # The backend's own bug: logged here with the request id, INTERNAL to the caller.
+        return BackendFailure(f"{self.name} backend failed with {code.name} ({details}); request {call.request_id}")
+
+    def _count_retries(self, method: str, trailing: grpc.aio.Metadata | None) -> None:
+        previous = trailing.get(PREVIOUS_ATTEMPTS_KEY) if trailing is not None else None
+        if previous:
+            metrics.BACKEND_RETRIES.labels(self.name, method).inc(int(previous))
+
+    def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        metrics.BACKEND_REQUESTS.labels(self.name, method, code.name).inc()
+        metrics.BACKEND_DURATION.labels(self.name, method).observe(time.perf_counter() - started)
+
+
+class BackendFailure(RuntimeError):
+    """A backend answered with an error that is neither the caller's fault nor an outage."""
+
+
+PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServingError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+}

@@ -1,0 +1,78 @@
+"""GatewayConfig: every knob of the gateway, with flags and ECOMSERVE_GATEWAY_* twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.config import knob, require
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = knob("0.0.0.0", "address to listen on (gRPC and HTTP)")
+    port: int = knob(50050, "gRPC port (0 picks a free one)")
+    http_port: int = knob(8080, "JSON-over-HTTP port (0 picks a free one; -1 disables HTTP)")
+    metrics_port: int = knob(9100, "Prometheus /metrics port (0 disables)")
+    classifier: str = knob(
+        "127.0.0.1:50051",
+        "classifier replicas: comma-separated HOST:PORT list, or dns:///NAME:PORT (a Kubernetes headless service); "
+        "requests are balanced round robin over the SERVING ones",
+    )
+    generator: str = knob(
+        "127.0.0.1:50052",
+        "generator replicas, as --classifier; empty: no generator (the "
+        "DescribeProduct and DraftReply operations answer UNAVAILABLE)",
+    )
+    generator_model: str = knob("smollm2-135m-instruct", "generator model that DescribeProduct and DraftReply use")
+    routing_file: str = knob(
+        str(PACKAGE_DIR / "routing.toml"), "RouteMessage's table: classifier model, threshold, intent -> queue map"
+    )
+    templates: str = knob(
+        str(PACKAGE_DIR / "templates"),
+        "prompt template folder: <operation>/v<N>.toml, the newest version is the default",
+    )
+    api_keys_file: str = knob(
+        "", "file of API keys, one `NAME=KEY` or `NAME=sha256:HEX` per line (# comments); only hashes are kept"
+    )
+    api_keys: tuple[str, ...] = knob((), "API keys as NAME=KEY or NAME=sha256:HEX, comma-separated", secret=True)
+    allow_unauthenticated: bool = knob(False, "serve without API keys (local development only)")
+    rate_limit_per_s: float = knob(200.0, "requests per second per API key, sustained (0: no limit)")
+    rate_limit_burst: int = knob(400, "requests an idle API key may send at once")
+    default_timeout_s: float = knob(60.0, "deadline given to backends when the caller sets none")
+    deadline_margin_ms: float = knob(
+        10.0, "subtracted from the caller's remaining time so the gateway can still answer before it passes"
+    )
+    max_attempts: int = knob(3, "attempts per backend call, retried with backoff on UNAVAILABLE (1: no retries)")
+    max_text_chars: int = knob(4000, "longest customer message or text, in characters")
+    max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
+    tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
+    tls_key_file: str = knob("", "PEM private key of --tls-cert-file")
+    grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
+    log_level: str = knob("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
+        require(-1 <= self.http_port <= 65535, f"http_port must be -1..65535, got {self.http_port}")
+        require(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        require(bool(self.classifier.strip()), "classifier must name at least one replica address")
+        require(self.rate_limit_per_s >= 0, f"rate_limit_per_s must be >= 0, got {self.rate_limit_per_s}")
+        require(self.rate_limit_burst >= 1, f"rate_limit_burst must be >= 1, got {self.rate_limit_burst}")
+        require(self.default_timeout_s > 0, f"default_timeout_s must be > 0, got {self.default_timeout_s}")
+        require(self.deadline_margin_ms >= 0, f"deadline_margin_ms must be >= 0, got {self.deadline_margin_ms}")
+        require(1 <= self.max_attempts <= 5, f"max_attempts must be 1..5 (gRPC's limit), got {self.max_attempts}")
+        require(self.max_text_chars >= 1, f"max_text_chars must be >= 1, got {self.max_text_chars}")
+        require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
+        require(
+            bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_cert_file and tls_key_file must be given together",
+        )
+        require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        require(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

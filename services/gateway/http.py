@@ -1,0 +1,231 @@
+"""The gateway's JSON-over-HTTP transport: the same operations as gRPC, in the proto JSON mapping.
+
+POST /v1/route-message, /v1/classify-texts, /v1/describe-product take the request message as JSON and answer the
+response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or JSON lines.
+GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
+Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
+{"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from ecomserve.gateway.v1 import gateway_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.core import errors
+from services.core.status import INTERNAL_MESSAGE, StatusInterceptor, status_of
+from services.gateway.admission import Admission
+from services.gateway.backends import CallContext
+from services.gateway.operations import GatewayOperations
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+TIMEOUT_HEADER = "x-timeout-ms"
+SSE = "text/event-stream"
+JSON_LINES = "application/x-ndjson"
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The one mapping from gRPC status codes to HTTP statuses; anything unlisted is a 500."""
+    return HTTP_STATUS.get(code, 500)
+
+
+def to_json(message: Message, *, defaults: bool = True) -> dict[str, Any]:
+    """The proto JSON mapping; stream deltas leave out fields at their default to keep frames small."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=defaults)
+
+
+Unary = Callable[[Any, CallContext], Awaitable[Message]]
+Streaming = Callable[[Any, CallContext], AsyncIterator[Message]]
+
+
+class HttpBridge:
+    """An aiohttp server on the gateway's event loop. Calls are counted by the gRPC server's interceptor, so
+    metrics, in-flight accounting and draining cover both transports."""
+
+    def __init__(
+        self,
+        operations: GatewayOperations,
+        admission: Admission,
+        interceptor: StatusInterceptor,
+        readiness: Callable[[], dict[str, bool]],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._admission = admission
+        self._interceptor = interceptor
+        self._readiness = readiness
+        self._ssl = ssl_context
+        app = web.Application()
+        unary: dict[str, tuple[str, type[Message], Unary]] = {
+            "/v1/route-message": ("RouteMessage", gateway_pb2.RouteMessageRequest, operations.route_message),
+            "/v1/classify-texts": ("ClassifyTexts", gateway_pb2.ClassifyTextsRequest, operations.classify_texts),
+            "/v1/describe-product": (
+                "DescribeProduct",
+                gateway_pb2.DescribeProductRequest,
+                operations.describe_product,
+            ),
+        }
+        for path, (method, message_class, operation) in unary.items():
+            app.router.add_post(path, self._unary_handler(method, message_class, operation))
+        app.router.add_post(
+            "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
+        )
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl, reuse_port=False)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def aclose(self) -> None:
+        await self._runner.cleanup()
+
+    def _unary_handler(self, method: str, message_class: type[Message], operation: Unary) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = self._interceptor.begin()
+            code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
+            try:
+                self._interceptor.refuse_new_calls()
+                call = self._admit(request)
+                request_id = call.request_id
+                response = await operation(await _parse(request, message_class), call)
+                return web.json_response(to_json(response), headers={"x-request-id": request_id})
+            except Exception as error:
+                code = status_of(error)
+                return _error_response(error, code, request_id, method)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._interceptor.end(method, code, started)
+
+        return handle
+
+    def _stream_handler(self, method: str, message_class: type[Message], operation: Streaming) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = self._interceptor.begin()
+            code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
+            messages: AsyncIterator[Message] | None = None
+            try:
+                self._interceptor.refuse_new_calls()
+                call = self._admit(request)
+                request_id = call.request_id
+                messages = operation(await _parse(request, message_class), call)
+                first = await anext(messages)  # validation errors still get their own HTTP status
+            except Exception as error:
+                code = status_of(error)
+                self._interceptor.end(method, code, started)
+                if messages is not None:
+                    await messages.aclose()  # type: ignore[attr-defined]
+                return _error_response(error, code, request_id, method)
+            except BaseException:
+                self._interceptor.end(method, grpc.StatusCode.CANCELLED, started)
+                raise
+            sse = SSE in request.headers.get("accept", "")
+            response = web.StreamResponse(
+                headers={
+                    "content-type": SSE if sse else JSON_LINES,
+                    "x-request-id": request_id,
+                    "cache-control": "no-cache",
+                }
+            )
+            try:
+                await response.prepare(request)
+                await response.write(_frame(to_json(first, defaults=False), sse))
+                async for message in messages:
+                    await response.write(_frame(to_json(message, defaults=False), sse))
+            except ConnectionError:  # the client went away; closing `messages` stops the backend's sequence
+                code = grpc.StatusCode.CANCELLED
+            except Exception as error:  # the status line is sent: the error travels as the last frame
+                code = status_of(error)
+                _log_unexpected(error, code, request_id, method)
+                await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
+            except BaseException:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                await messages.aclose()  # type: ignore[attr-defined]
+                self._interceptor.end(method, code, started)
+            await response.write_eof()
+            return response
+
+        return handle
+
+    def _admit(self, request: web.Request) -> CallContext:
+        timeout_ms = request.headers.get(TIMEOUT_HEADER)
+        try:
+            timeout_s = None if timeout_ms is None else float(timeout_ms) / 1000
+        except ValueError:
+            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
+        return self._admission.admit({k.lower(): v for k, v in request.headers.items()}, timeout_s)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        backends = self._readiness()
+        ready = all(backends.values()) and not self._interceptor.draining
+        body = {"status": "SERVING" if ready else "NOT_SERVING", "backends": backends}
+        return web.json_response(body, status=200 if ready else 503)
+
+
+async def _parse(request: web.Request, message_class: type[Message]) -> Message:
+    body = await request.text()
+    try:
+        return json_format.Parse(body or "{}", message_class())
+    except json_format.ParseError as error:
+        raise errors.InvalidArgument(f"request body is not a valid {message_class.DESCRIPTOR.name}: {error}") from None
+
+
+def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:
+    data = json.dumps(body, separators=(",", ":"))
+    if not sse:
+        return (data + "\n").encode()
+    return (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
+
+
+def _error_body(error: BaseException, code: grpc.StatusCode, request_id: str) -> dict[str, Any]:
+    message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error)
+    return {"error": {"code": code.name, "message": message, "requestId": request_id}}
+
+
+def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
+    _log_unexpected(error, code, request_id, method)
+    headers = {"x-request-id": request_id} if request_id else {}
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
+    return web.json_response(_error_body(error, code, request_id), status=http_status(code), headers=headers)
+
+
+def _log_unexpected(error: BaseException, code: grpc.StatusCode, request_id: str, method: str) -> None:
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed with an unexpected error (request %s)", method, request_id or "-", exc_info=error)

@@ -1,0 +1,45 @@
+"""GatewayServicer: the gRPC transport of the gateway's operations (admission, then the operation)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.gateway.admission import Admission
+from services.gateway.backends import REQUEST_ID_KEY, CallContext
+from services.gateway.operations import GatewayOperations
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, operations: GatewayOperations, admission: Admission) -> None:
+        self._operations = operations
+        self._admission = admission
+
+    async def RouteMessage(
+        self, request: gateway_pb2.RouteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RouteMessageResponse:
+        return await self._operations.route_message(request, self._admit(context))
+
+    async def ClassifyTexts(
+        self, request: gateway_pb2.ClassifyTextsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ClassifyTextsResponse:
+        return await self._operations.classify_texts(request, self._admit(context))
+
+    async def DescribeProduct(
+        self, request: gateway_pb2.DescribeProductRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DescribeProductResponse:
+        return await self._operations.describe_product(request, self._admit(context))
+
+    async def DraftReply(
+        self, request: gateway_pb2.DraftReplyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.DraftReplyResponse]:
+        async for response in self._operations.draft_reply(request, self._admit(context)):
+            yield response
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> CallContext:
+        call = self._admission.admit(dict(context.invocation_metadata() or ()), context.time_remaining())
+        # In the trailers: they travel with the status, so this costs no extra write (and errors carry it too).
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        return call

@@ -1,0 +1,111 @@
+"""Versioned prompt templates, read from files: <folder>/<operation>/v<N>.toml.
+
+A template holds chat messages whose contents are Jinja (sandboxed, undefined variables are errors) and the
+sampling settings that suit it. The gateway renders them into the generator's chat messages; the model's own chat
+template then turns those into its prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from services.core import errors
+
+VERSION_FILE = re.compile(r"^v(\d+)\.toml$")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    tokens_per_word: float
+    stop: tuple[str, ...]
+
+    def max_new_tokens(self, max_words: int) -> int:
+        """A token budget for `max_words` words (the template's words-to-tokens ratio, plus room to finish)."""
+        return math.ceil(max_words * self.tokens_per_word) + 8
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    operation: str
+    version: int
+    messages: tuple[tuple[str, Template], ...]
+    sampling: Sampling
+
+    @property
+    def name(self) -> str:
+        return f"{self.operation}/v{self.version}"
+
+    def render(self, **variables: Any) -> list[tuple[str, str]]:
+        """(role, content) chat messages; messages that render empty are left out."""
+        rendered = [(role, template.render(**variables).strip()) for role, template in self.messages]
+        return [(role, content) for role, content in rendered if content]
+
+
+class PromptTemplates:
+    """Every template version in a folder, looked up by operation and version (0: the newest)."""
+
+    def __init__(self, templates: list[PromptTemplate]) -> None:
+        self._by_operation: dict[str, dict[int, PromptTemplate]] = {}
+        for template in templates:
+            self._by_operation.setdefault(template.operation, {})[template.version] = template
+
+    @classmethod
+    def load(cls, folder: Path) -> PromptTemplates:
+        environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
+        templates = []
+        for path in sorted(folder.glob("*/v*.toml")):
+            match = VERSION_FILE.match(path.name)
+            if match:
+                templates.append(_parse(path, path.parent.name, int(match.group(1)), environment))
+        return cls(templates)
+
+    def operations(self) -> list[str]:
+        return sorted(self._by_operation)
+
+    def get(self, operation: str, version: int = 0) -> PromptTemplate:
+        versions = self._by_operation.get(operation)
+        if not versions:
+            raise errors.NotFound(f"no prompt template for {operation}: the gateway's template folder has none")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            known = ", ".join(str(v) for v in sorted(versions))
+            raise errors.NotFound(f"template_version {version} of {operation} does not exist (versions: {known})")
+        return versions[version]
+
+
+def _parse(path: Path, operation: str, version: int, environment: ImmutableSandboxedEnvironment) -> PromptTemplate:
+    try:
+        data = tomllib.loads(path.read_text())
+        messages = tuple((message["role"], environment.from_string(message["content"])) for message in data["messages"])
+        sampling = data.get("sampling", {})
+        template = PromptTemplate(
+            operation=operation,
+            version=version,
+            messages=messages,
+            sampling=Sampling(
+                temperature=float(sampling.get("temperature", 0.7)),
+                top_p=float(sampling.get("top_p", 0.9)),
+                repetition_penalty=float(sampling.get("repetition_penalty", 1.2)),
+                tokens_per_word=float(sampling.get("tokens_per_word", 1.6)),
+                stop=tuple(sampling.get("stop", ())),
+            ),
+        )
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"prompt template {path}: {error}") from error
+    unknown = [role for role, _ in messages if role not in ROLES]
+    if unknown or not messages:
+        raise ValueError(f"prompt template {path}: needs messages with roles in {ROLES}, got {unknown or 'none'}")
+    return template

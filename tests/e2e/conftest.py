@@ -1,0 +1,149 @@
+"""The whole stack as subprocesses on loopback: classifier replicas, a generator and the gateway, over tiny models.
+
+Children log to files under the test's temporary folder; a child that dies while starting fails the test with the
+tail of its log; every child is stopped when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from ecomserve.gateway.v1 import gateway_pb2_grpc
+
+from services.gateway.auth import hash_key
+from services.launcher import free_port, stop, wait_serving
+
+API_KEY = "test-key-1"
+OTHER_KEY = "test-key-2"
+ROUTES = {"order_status": "orders", "refund": "refunds", "human": "human_agent"}
+GENERATOR_MODEL = "llama"
+
+
+@dataclass
+class Process:
+    name: str
+    child: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    http_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_serving(self, timeout_s: float = 120.0) -> Process:
+        try:
+            wait_serving(self.address, self.child, timeout_s, self.name)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n--- {self.log} ---\n{self.log.read_text()[-3000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        stop(self.child)
+
+    def kill(self) -> None:
+        self.child.kill()
+        self.child.wait()
+
+
+@dataclass
+class Launcher:
+    """Starts services as children (`python -m services.<name>`); stops all of them at the end."""
+
+    folder: Path
+    children: list[Process] = field(default_factory=list)
+
+    def start(self, module: str, *flags: str, port: int | None = None, http: bool = False) -> Process:
+        port = port or free_port()
+        http_port = free_port() if http else 0
+        name = f"{module.rsplit('.', 1)[-1]}-{port}"
+        log = self.folder / f"{name}.log"
+        listen = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
+        if http:
+            listen += ["--http-port", str(http_port)]
+        with log.open("ab") as sink:
+            child = subprocess.Popen(
+                [sys.executable, "-m", module, *listen, *flags], stdout=sink, stderr=sink, start_new_session=True
+            )
+        process = Process(name, child, port, log, http_port)
+        self.children.append(process)
+        return process
+
+    def classifier(self, models: Path, port: int | None = None) -> Process:
+        return self.start("services.classifier", "--models", str(models), "--model-names", "intent", port=port)
+
+    def generator(self, models: Path, port: int | None = None) -> Process:
+        return self.start("services.generator", "--models", str(models), "--model-names", GENERATOR_MODEL, port=port)
+
+    def gateway(self, classifiers: list[Process], generator: Process | None, *flags: str) -> Process:
+        keys = self.folder / "api-keys"
+        keys.write_text(f"# test keys\ntests={hash_key(API_KEY)}\nother={OTHER_KEY}\n")
+        routing = self.folder / "routing.toml"
+        queues = "\n".join(f'{label} = "{queue}"' for label, queue in ROUTES.items())
+        routing.write_text(f'model = "intent"\ntop_k = 3\nmin_score = 0.0\n[queues]\n{queues}\n')
+        return self.start(
+            "services.gateway",
+            "--classifier",
+            ",".join(c.address for c in classifiers),
+            "--generator",
+            generator.address if generator else "",
+            "--generator-model",
+            GENERATOR_MODEL,
+            "--api-keys-file",
+            str(keys),
+            "--routing-file",
+            str(routing),
+            *flags,
+            http=True,
+        )
+
+    def stop_all(self) -> None:
+        for process in self.children:
+            process.stop()
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    processes = Launcher(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+@dataclass
+class Stack:
+    classifiers: list[Process]
+    generator: Process
+    gateway: Process
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, generator_repo: Path) -> Iterator[Stack]:
+    """Two classifier replicas, one generator and a gateway in front of them, shared by a test module."""
+    processes = Launcher(tmp_path_factory.mktemp("stack"))
+    try:
+        classifiers = [processes.classifier(model_repo), processes.classifier(model_repo)]
+        generator = processes.generator(generator_repo)
+        gateway = processes.gateway(classifiers, generator)
+        for process in [*classifiers, generator, gateway]:
+            process.wait_serving()
+        yield Stack(classifiers, generator, gateway)
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def gateway_stub(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
