@@ -21,7 +21,7 @@ GENERATOR = "smollm2-135m-instruct"
 MESSAGES = [
     "Where is my order? It was supposed to arrive yesterday.",
     "I want to talk to a real person, not a bot.",
-    "This is the third time my package is late. I am really disappointed.",
+    "This is unacceptable. I am furious with your terrible service!",
 ]
 PRODUCT = {
     "title": "Trail running shoe",

@@ -54,6 +54,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no project RPC is in flight; False when timeout_s passed first."""
@@ -72,7 +73,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         full_method = handler_call_details.method or ""
         if handler is None or not full_method.startswith("/ecomserve."):
             return handler
-        method = full_method.rsplit("/", 1)[-1]
+        # A method's handler never changes: wrap it once, not on every call.
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is None:
+            wrapped = self._wrapped[full_method] = self._wrap(handler, full_method.rsplit("/", 1)[-1])
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),

@@ -3,9 +3,14 @@ readiness that follows the backends, and a graceful stop."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import ssl
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +170,31 @@ def test_gateway_drains_a_stream_on_sigterm(launcher: Launcher, model_repo: Path
     messages = [first, *rest]
     assert messages[-1].finish_reason != gateway_pb2.FINISH_REASON_UNSPECIFIED
     assert gateway.child.wait(timeout=30) == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_on_both_listeners(launcher: Launcher, model_repo: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    classifier = launcher.classifier(model_repo).wait_serving()
+    gateway = launcher.gateway([classifier], None, "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(gateway.address, credentials) as channel:
+        wait_for(lambda: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                 == health_pb2.HealthCheckResponse.SERVING)  # fmt: skip
+        routed = gateway_pb2_grpc.GatewayServiceStub(channel).RouteMessage(ROUTE, metadata=AUTH, timeout=30)
+        assert routed.queue
+    https = ssl.create_default_context(cafile=str(cert))
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{gateway.http_port}/v1/route-message",
+        data=json.dumps({"message": "refund please"}).encode(),
+        headers={"x-api-key": API_KEY},
+    )
+    with urllib.request.urlopen(request, context=https, timeout=30) as response:
+        assert json.loads(response.read())["queue"]
+    with pytest.raises(grpc.RpcError), grpc.insecure_channel(gateway.address) as plain:  # plaintext is refused
+        gateway_pb2_grpc.GatewayServiceStub(plain).RouteMessage(ROUTE, metadata=AUTH, timeout=5)
