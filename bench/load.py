@@ -116,14 +116,19 @@ def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.
         request = classifier_pb2.ClassifyRequest(
             model=options.model, texts=rng.sample(texts, options.texts_per_request), top_k=options.top_k
         )
-        begun = time.perf_counter()
-        try:
-            await stub.Classify(request, timeout=options.timeout_s)
-            tally.record(begun, "OK")
-        except grpc.aio.AioRpcError as error:
-            tally.record(begun, error.code().name)
+        await _timed(tally, lambda: stub.Classify(request, timeout=options.timeout_s))
 
     return call
+
+
+async def _timed(tally: _Tally, start: Callable[[], Awaitable[Any]]) -> None:
+    """Start one unary call and record its latency and final status."""
+    begun = time.perf_counter()
+    try:
+        await start()
+        tally.record(begun, "OK")
+    except grpc.aio.AioRpcError as error:
+        tally.record(begun, error.code().name)
 
 
 def _route_message_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
@@ -134,12 +139,7 @@ def _route_message_call(channel: grpc.aio.Channel, options: LoadOptions, rng: ra
 
     async def call() -> None:
         request = gateway_pb2.RouteMessageRequest(message=rng.choice(texts))
-        begun = time.perf_counter()
-        try:
-            await stub.RouteMessage(request, timeout=options.timeout_s, metadata=metadata)
-            tally.record(begun, "OK")
-        except grpc.aio.AioRpcError as error:
-            tally.record(begun, error.code().name)
+        await _timed(tally, lambda: stub.RouteMessage(request, timeout=options.timeout_s, metadata=metadata))
 
     return call
 

@@ -81,7 +81,6 @@ class RateLimited(errors.ResourceExhausted):
 
     def __init__(self, caller: str, retry_after_s: float) -> None:
         super().__init__(f"rate limit of API key {caller!r} exceeded; retry after {retry_after_s:.2f} s")
-        self.caller = caller
         self.retry_after_s = retry_after_s
 
 

@@ -101,7 +101,7 @@ class HttpBridge:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl, reuse_port=False)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         return self.port
 
     async def aclose(self) -> None:
@@ -112,10 +112,9 @@ class HttpBridge:
             started = self._interceptor.begin()
             code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
             try:
-                self._interceptor.refuse_new_calls()
-                call = self._admit(request)
+                call, body = await self._accept(request, message_class)
                 request_id = call.request_id
-                response = await operation(await _parse(request, message_class), call)
+                response = await operation(body, call)
                 return web.json_response(to_json(response), headers={"x-request-id": request_id})
             except Exception as error:
                 code = status_of(error)
@@ -134,10 +133,9 @@ class HttpBridge:
             code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
             messages: AsyncIterator[Message] | None = None
             try:
-                self._interceptor.refuse_new_calls()
-                call = self._admit(request)
+                call, body = await self._accept(request, message_class)
                 request_id = call.request_id
-                messages = operation(await _parse(request, message_class), call)
+                messages = operation(body, call)
                 first = await anext(messages)  # validation errors still get their own HTTP status
             except Exception as error:
                 code = status_of(error)
@@ -161,22 +159,29 @@ class HttpBridge:
                 await response.write(_frame(to_json(first, defaults=False), sse))
                 async for message in messages:
                     await response.write(_frame(to_json(message, defaults=False), sse))
+                await response.write_eof()
             except ConnectionError:  # the client went away; closing `messages` stops the backend's sequence
                 code = grpc.StatusCode.CANCELLED
             except Exception as error:  # the status line is sent: the error travels as the last frame
                 code = status_of(error)
                 _log_unexpected(error, code, request_id, method)
                 await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
+                await response.write_eof()
             except BaseException:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
                 await messages.aclose()  # type: ignore[attr-defined]
                 self._interceptor.end(method, code, started)
-            await response.write_eof()
             return response
 
         return handle
+
+    async def _accept(self, request: web.Request, message_class: type[Message]) -> tuple[CallContext, Message]:
+        """What both kinds of handler do first: refuse while draining, admit the caller, parse the body."""
+        self._interceptor.refuse_new_calls()
+        call = self._admit(request)
+        return call, await _parse(request, message_class)
 
     def _admit(self, request: web.Request) -> CallContext:
         timeout_ms = request.headers.get(TIMEOUT_HEADER)

@@ -7,7 +7,6 @@ tail of its log; every child is stopped when its fixture ends.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from ecomserve.gateway.v1 import gateway_pb2_grpc
 
 from services.gateway.auth import hash_key
-from services.launcher import free_port, stop, wait_serving
+from services.launcher import free_port, spawn, stop, wait_serving
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
@@ -71,11 +70,7 @@ class Launcher:
         listen = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
         if http:
             listen += ["--http-port", str(http_port)]
-        with log.open("ab") as sink:
-            child = subprocess.Popen(
-                [sys.executable, "-m", module, *listen, *flags], stdout=sink, stderr=sink, start_new_session=True
-            )
-        process = Process(name, child, port, log, http_port)
+        process = Process(name, spawn(module, *listen, *flags, log=log), port, log, http_port)
         self.children.append(process)
         return process
 
