@@ -33,6 +33,8 @@ class ClassifierApp:
             service=SERVICE,
             service_names=[SERVICE_NAME],
             address=config.address,
+            max_connection_age_s=config.max_connection_age_s,
+            grace_s=config.grace_period_s,
             register=lambda server: classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(servicer, server),
         )
 

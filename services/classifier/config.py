@@ -29,6 +29,11 @@ class ClassifierConfig:
         0, "onnxruntime intra-op threads per batch (0: the cores shared out among max_concurrent_batches)"
     )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
+    max_connection_age_s: float = knob(
+        300.0,
+        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
+        "traffic; 0: never)",
+    )
     grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     log_level: str = knob("info", "debug, info, warning or error")
 
@@ -43,6 +48,7 @@ class ClassifierConfig:
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         require(self.tokenizer_threads >= 1, f"tokenizer_threads must be >= 1, got {self.tokenizer_threads}")
+        require(self.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {self.max_connection_age_s}")
         require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
         require(
             self.log_level in ("debug", "info", "warning", "error"),

@@ -98,6 +98,7 @@ class ClassifierModel:
             on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(SERVICE, self._label, reason).inc(n),
         )
         metrics.QUEUE_DEPTH.labels(SERVICE, self._label).set_function(lambda: self.batcher.depth)
+        metrics.QUEUE_CAPACITY.labels(SERVICE, self._label).set(batching.max_queue_size)
         metrics.RUNTIME_INFO.labels(SERVICE, self._label).info(
             {"provider": runner.provider, "quantization": version.manifest.quantization.get("method", "none")}
         )

@@ -51,10 +51,21 @@ PADDING_EFFICIENCY = Histogram(
     buckets=RATIO_BUCKETS,
 )
 QUEUE_DEPTH = Gauge("ecomserve_queue_depth", "Items waiting in the batch queue.", ["service", "model"])
+QUEUE_CAPACITY = Gauge(
+    "ecomserve_queue_capacity",
+    "Most items the queue holds before new requests get RESOURCE_EXHAUSTED (queue_depth / queue_capacity is "
+    "saturation).",
+    ["service", "model"],
+)
 DROPPED_ITEMS = Counter(
     "ecomserve_dropped_items_total",
     "Queued items dropped before running because their caller cancelled or their deadline passed.",
     ["service", "model", "reason"],
+)
+SERVING = Gauge(
+    "ecomserve_serving",
+    "1 while the service reports SERVING on grpc.health.v1 (0 loading, draining, not ready).",
+    ["service"],
 )
 MODEL_READY = Gauge("ecomserve_model_ready", "1 when the model version is loaded and warmed up.", ["service", "model"])
 RUNTIME_INFO = Info(

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
-from services.core.metrics import serve_metrics
+from services.core import metrics
 from services.core.status import StatusInterceptor
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,18 @@ Register = Callable[[grpc.aio.Server], None]
 # Large enough for max_texts_per_request long texts, small enough to bound memory per call.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 QUIET_PERIOD_S = 0.3
+# The grpc.health.v1 name of liveness probes: SERVING from bind to exit, loading and draining included, so that
+# Kubernetes restarts only a process that no longer answers (readiness probes use the service's own name).
+LIVENESS_SERVICE = "liveness"
 
 
 class ServingServer:
     """A grpc.aio server that reports NOT_SERVING until `set_serving(True)` and drains gracefully.
 
     `ready`, when given, is a further condition of SERVING (the gateway's: every backend has a SERVING replica);
-    call `refresh_health()` when it changes. `credentials` serve TLS instead of plaintext.
+    call `refresh_health()` when it changes. `credentials` serve TLS instead of plaintext. `max_connection_age_s`
+    closes each client connection after that long (GOAWAY; calls on it get `grace_s` to finish), so clients that
+    resolve replicas through DNS reconnect and find new ones.
     """
 
     def __init__(
@@ -44,6 +49,8 @@ class ServingServer:
         register: Register,
         ready: Callable[[], bool] | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        max_connection_age_s: float = 0.0,
+        grace_s: float = 30.0,
     ) -> None:
         self.service = service
         self._service_names = list(service_names)
@@ -52,17 +59,20 @@ class ServingServer:
         self._credentials = credentials
         self._serving = False
         self.interceptor = StatusInterceptor(service)
-        self.server = grpc.aio.server(
-            interceptors=[self.interceptor],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-                # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ],
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        if max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+            ]
+        self.server = grpc.aio.server(interceptors=[self.interceptor], options=options)
         register(self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -89,6 +99,7 @@ class ServingServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}")
         await self.set_serving(False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         return self.port
 
@@ -101,9 +112,11 @@ class ServingServer:
         return self._serving and (self._ready is None or self._ready())
 
     async def refresh_health(self) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        serving = self.serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
+        metrics.SERVING.labels(self.service).set(1 if serving else 0)
 
     async def drain(self, grace_s: float) -> None:
         """NOT_SERVING at once (load balancers stop sending), refuse new RPCs with UNAVAILABLE, let every RPC
@@ -190,7 +203,7 @@ def serve_main(
         stream=sys.stderr,
     )
     log.info("effective config:\n%s", config_parsing.describe(config))
-    serve_metrics(config.metrics_port)
+    metrics.serve_metrics(config.metrics_port)
 
     async def serve() -> int:
         try:

@@ -69,6 +69,8 @@ class GatewayApp:
             service=SERVICE,
             service_names=[SERVICE_NAME],
             address=config.address,
+            max_connection_age_s=config.max_connection_age_s,
+            grace_s=config.grace_period_s,
             register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
             ready=lambda: all(backend.ready for backend in self.backends),
             credentials=None if cert is None else grpc.ssl_server_credentials([(key, cert)]),

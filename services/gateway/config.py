@@ -51,6 +51,11 @@ class GatewayConfig:
     max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
     tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
     tls_key_file: str = knob("", "PEM private key of --tls-cert-file")
+    max_connection_age_s: float = knob(
+        300.0,
+        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
+        "traffic; 0: never)",
+    )
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
     log_level: str = knob("info", "debug, info, warning or error")
 
@@ -70,6 +75,7 @@ class GatewayConfig:
             bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_cert_file and tls_key_file must be given together",
         )
+        require(self.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {self.max_connection_age_s}")
         require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
         require(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
 

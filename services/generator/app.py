@@ -40,6 +40,8 @@ class GeneratorApp:
             service=SERVICE,
             service_names=[SERVICE_NAME],
             address=config.address,
+            max_connection_age_s=config.max_connection_age_s,
+            grace_s=config.grace_period_s,
             register=lambda server: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server),
         )
 

@@ -28,6 +28,11 @@ class GeneratorConfig:
     max_stop_sequences: int = knob(8, "most stop sequences per request")
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
+    max_connection_age_s: float = knob(
+        300.0,
+        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
+        "traffic; 0: never)",
+    )
     grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
     log_level: str = knob("info", "debug, info, warning or error")
 
@@ -57,6 +62,7 @@ class GeneratorConfig:
         require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        require(self.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {self.max_connection_age_s}")
         require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
         require(
             self.log_level in ("debug", "info", "warning", "error"),

@@ -73,6 +73,7 @@ class ContinuousScheduler:
         metrics.RUNNING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._running))
         metrics.WAITING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
         metrics.QUEUE_DEPTH.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
+        metrics.QUEUE_CAPACITY.labels(SERVICE, model_label).set(budgets.max_waiting_requests)
 
     @property
     def running(self) -> int:

@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from services.core.server import LIVENESS_SERVICE
 from services.launcher import free_port
 from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, Launcher, Process
@@ -31,9 +32,10 @@ AUTH = (("x-api-key", API_KEY),)
 ROUTE = gateway_pb2.RouteMessageRequest(message="I want a refund for my order")
 
 
-def health_of(process: Process) -> int:
+def health_of(process: Process, service: str = "") -> int:
     with grpc.insecure_channel(process.address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
@@ -111,6 +113,8 @@ def test_readiness_follows_the_backends(launcher: Launcher, model_repo: Path) ->
     wait_for(lambda: http_client.call(f"{gateway.http}/healthz").status == 200)  # alive without backends
     assert http_client.call(f"{gateway.http}/readyz").status == 503
     assert health_of(gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Kubernetes' liveness probe name: alive while not ready, so a backend outage restarts no gateway.
+    assert health_of(gateway, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
     classifier = launcher.classifier(model_repo, port=absent.port).wait_serving()
     wait_for(lambda: health_of(gateway) == health_pb2.HealthCheckResponse.SERVING)
@@ -119,6 +123,7 @@ def test_readiness_follows_the_backends(launcher: Launcher, model_repo: Path) ->
     classifier.stop()  # SIGTERM: the replica reports NOT_SERVING, drains and exits
     wait_for(lambda: http_client.call(f"{gateway.http}/readyz").status == 503)
     assert health_of(gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_of(gateway, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
     assert http_client.call(f"{gateway.http}/healthz").status == 200
 
 
