@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier \
-	serve-generator serve-gateway up down prometheus clean
+	serve-generator serve-gateway up down prometheus check-deploy deploy-rules images clean
 
 help:
 	@echo "make demo              export the default models, start the stack, call it through the gateway, stop it"
@@ -34,6 +34,9 @@ help:
 	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
 	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key)"
 	@echo "make models            python -m export defaults --out $(MODELS)"
+	@echo "make check-deploy      render, validate and lint deploy/ (part of make test)"
+	@echo "make images            build the CPU, GPU and model images (needs a Docker engine; TAG=$(TAG))"
+	@echo "make deploy-rules      rewrite the PrometheusRule from deploy/monitoring/rules.yaml"
 	@echo "make protos | lint | clean"
 
 $(VENV)/.created:
@@ -76,12 +79,40 @@ demo: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
 	$(PY) -m services.demo --models $(MODELS)
 
-test: $(PB_STAMP)
+test: $(PB_STAMP) check-deploy
 	$(PY) -m pytest -q
 
-# Prometheus for `make up`: the Debian package, installed when missing.
+# deploy/ checked offline: every overlay renders and validates against the Kubernetes API schemas, YAML and
+# Dockerfiles lint clean, the alert rules pass promtool's checks and unit tests. tests/deploy checks the rest.
+K8S_VERSION ?= 1.37.0
+DOCKERFILES := deploy/docker/Dockerfile deploy/docker/Dockerfile.gpu deploy/docker/models.Dockerfile
+check-deploy: $(VENV)/.installed prometheus
+	$(VENV)/bin/yamllint --strict -c deploy/.yamllint.yaml deploy/
+	$(VENV)/bin/hadolint $(DOCKERFILES)
+	$(PY) deploy/monitoring/prometheusrule.py --check
+	promtool check rules deploy/monitoring/rules.yaml
+	promtool test rules deploy/monitoring/rules.test.yaml
+	promtool check config --syntax-only deploy/docker/prometheus.yml
+	mkdir -p build/k8s
+	for overlay in deploy/k8s/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		$(VENV)/bin/kubectl kustomize $$overlay > build/k8s/$$name.yaml || exit 1; \
+		$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) build/k8s/$$name.yaml || exit 1; \
+		echo "deploy/k8s/overlays/$$name: $$(grep -c '^kind:' build/k8s/$$name.yaml) objects valid for Kubernetes $(K8S_VERSION)"; \
+	done
+
+deploy-rules: $(VENV)/.installed
+	$(PY) deploy/monitoring/prometheusrule.py
+
+TAG ?= 0.1.0
+images: models
+	docker build -f deploy/docker/Dockerfile -t ecomserve-cpu:$(TAG) .
+	docker build -f deploy/docker/Dockerfile.gpu -t ecomserve-gpu:$(TAG) .
+	docker build -f deploy/docker/models.Dockerfile -t ecomserve-models:$(TAG) $(MODELS)
+
+# Prometheus (for `make up`) and promtool (for `make check-deploy`): the Debian package, installed when missing.
 prometheus:
-	@command -v prometheus >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 		echo "installing the Debian package prometheus ..."; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
 		|| { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
@@ -114,9 +145,9 @@ serve-gateway: $(PB_STAMP)
 		--generator 127.0.0.1:$(GENERATOR_PORT) --api-keys "$(API_KEYS)"
 
 lint: $(PB_STAMP)
-	$(PY) -m ruff format --check services export bench tests
-	$(PY) -m ruff check services export bench tests
-	$(PY) -m mypy services export bench
+	$(PY) -m ruff format --check services export bench tests deploy
+	$(PY) -m ruff check services export bench tests deploy
+	$(PY) -m mypy services export bench deploy/monitoring
 
 clean:
 	rm -rf services/pb .pytest_cache .mypy_cache .ruff_cache
