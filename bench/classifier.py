@@ -8,16 +8,14 @@ Targets: (b)@32 >= 0.90 x (a); (b)@32 >= 1.25 x (c); p99@32 <= 1.5 x p50@32; p99
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
-from bench.targets import check
+from bench.targets import benchmark_main, check
 from services.core.manifest import Manifest, version_folders
 from services.launcher import service
 
@@ -66,13 +64,15 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.classifier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
-    parser.add_argument("--name", default="intent", help="classifier to benchmark (its highest version)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load point")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
-    return 0
+    return benchmark_main(
+        run,
+        argv,
+        prog="python -m bench.classifier",
+        description=__doc__.split("\n\n")[0],
+        name="intent",
+        name_help="classifier to benchmark (its highest version)",
+        seconds=10.0,
+    )
 
 
 if __name__ == "__main__":

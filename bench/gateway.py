@@ -9,9 +9,7 @@ replicas and the load generator share its cores: a second replica adds no cores 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import secrets
 import sys
 from contextlib import ExitStack
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadOptions, run_load
-from bench.targets import check
+from bench.targets import benchmark_main, check
 from services.core.manifest import version_folders
 from services.launcher import free_port, service
 
@@ -82,13 +80,15 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
-    parser.add_argument("--name", default="intent", help="classifier behind the gateway (its highest version)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load point")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
-    return 0
+    return benchmark_main(
+        run,
+        argv,
+        prog="python -m bench.gateway",
+        description=__doc__.split("\n\n")[0],
+        name="intent",
+        name_help="classifier behind the gateway (its highest version)",
+        seconds=10.0,
+    )
 
 
 if __name__ == "__main__":

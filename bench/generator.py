@@ -10,9 +10,7 @@ Targets: (a) >= 3x (b) and >= 5x (c) in tokens/s; TTFT p99 of (a) <= 3x the lone
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import DEFAULT_GENERATOR, LoadOptions, latency_summary_ms, run_load, workload
-from bench.targets import check
+from bench.targets import benchmark_main, check
 from services.core.manifest import Manifest, version_folders
 from services.launcher import service
 
@@ -149,13 +147,15 @@ def pytorch_baseline(manifest: Manifest, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.generator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
-    parser.add_argument("--name", default=DEFAULT_GENERATOR, help="generator to benchmark (its highest version)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per load point")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
-    return 0
+    return benchmark_main(
+        run,
+        argv,
+        prog="python -m bench.generator",
+        description=__doc__.split("\n\n")[0],
+        name=DEFAULT_GENERATOR,
+        name_help="generator to benchmark (its highest version)",
+        seconds=30.0,
+    )
 
 
 if __name__ == "__main__":

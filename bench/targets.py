@@ -1,10 +1,35 @@
-"""How benchmarks report a target: the measured value, the bound, and whether it was met."""
+"""How benchmarks report: a target as the measured value, the bound and whether it was met, and the command line
+the service benchmarks share (a model repository, a model name, seconds per load point; JSON on stdout)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
 def check(value: float, op: str, bound: float) -> dict[str, Any]:
     met = value >= bound if op == ">=" else value <= bound
     return {"value": round(value, 3), "target": f"{op} {bound}", "met": met}
+
+
+def benchmark_main(
+    run: Callable[[Path, str, float], dict[str, Any]],
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    name: str,
+    name_help: str,
+    seconds: float,
+) -> int:
+    """Parse `--models --name --seconds`, run the benchmark and print its report as JSON."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--name", default=name, help=name_help)
+    parser.add_argument("--seconds", type=float, default=seconds, help="measured seconds per load point")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
+    return 0
