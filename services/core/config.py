@@ -71,6 +71,22 @@ def describe(config: Any) -> str:
     return "\n".join(f"  {f.name} = {_show_field(config, f)}" for f in dataclasses.fields(config))
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def require_server_knobs(config: Any) -> None:
+    """The checks of the knobs every service has: port, metrics_port, max_connection_age_s, grace_period_s and
+    log_level (called from each config's __post_init__)."""
+    require(0 <= config.port <= 65535, f"port must be 0..65535, got {config.port}")
+    require(0 <= config.metrics_port <= 65535, f"metrics_port must be 0..65535, got {config.metrics_port}")
+    require(config.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {config.max_connection_age_s}")
+    require(config.grace_period_s >= 0, f"grace_period_s must be >= 0, got {config.grace_period_s}")
+    require(
+        config.log_level in LOG_LEVELS,
+        f"log_level must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {config.log_level!r}",
+    )
+
+
 def require(condition: bool, message: str) -> None:
     """Validation helper for __post_init__: the message names the field and what it must be."""
     if not condition:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.config import knob, require
+from services.core.config import knob, require, require_server_knobs
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,8 @@ class GatewayConfig:
     log_level: str = knob("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
-        require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
+        require_server_knobs(self)
         require(-1 <= self.http_port <= 65535, f"http_port must be -1..65535, got {self.http_port}")
-        require(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
         require(bool(self.classifier.strip()), "classifier must name at least one replica address")
         require(self.rate_limit_per_s >= 0, f"rate_limit_per_s must be >= 0, got {self.rate_limit_per_s}")
         require(self.rate_limit_burst >= 1, f"rate_limit_burst must be >= 1, got {self.rate_limit_burst}")
@@ -75,9 +73,6 @@ class GatewayConfig:
             bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_cert_file and tls_key_file must be given together",
         )
-        require(self.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {self.max_connection_age_s}")
-        require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
-        require(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def address(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.core.config import knob, require
+from services.core.config import knob, require, require_server_knobs
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ class GeneratorConfig:
     log_level: str = knob("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
-        require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
-        require(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        require_server_knobs(self)
         require(
             self.max_running_sequences >= 1, f"max_running_sequences must be >= 1, got {self.max_running_sequences}"
         )
@@ -62,12 +61,6 @@ class GeneratorConfig:
         require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
-        require(self.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {self.max_connection_age_s}")
-        require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
-        require(
-            self.log_level in ("debug", "info", "warning", "error"),
-            f"log_level must be debug, info, warning or error, got {self.log_level!r}",
-        )
 
     @property
     def address(self) -> str:
