@@ -212,14 +212,14 @@ def test_http_rejects_a_body_that_is_not_the_request_message(stack: Stack) -> No
 
 
 def test_a_tiny_deadline_is_deadline_exceeded_not_a_hang(stack: Stack, gateway_stub) -> None:
+    draft, draft_s = a_draft_that_runs_to_its_length(gateway_stub)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as error:
         gateway_stub.DescribeProduct(gateway_pb2.DescribeProductRequest(title="shoe"), metadata=AUTH, timeout=0.005)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # A deadline the backend cannot meet: 168 tokens of generation take longer than 50 ms, even on tiny models.
-    request = gateway_pb2.DraftReplyRequest(message="Where is my order?", max_words=100)
+    # A deadline the backend cannot meet: a quarter of the time the same seeded draft took to run to its length.
     with pytest.raises(grpc.RpcError) as error:
-        list(gateway_stub.DraftReply(request, metadata=AUTH, timeout=0.05))
+        list(gateway_stub.DraftReply(draft, metadata=AUTH, timeout=draft_s / 4))
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     reply = http_client.call(
         f"{stack.gateway.http}/v1/describe-product", {"title": "shoe"}, API_KEY, **{"x-timeout-ms": "1"}
@@ -227,6 +227,18 @@ def test_a_tiny_deadline_is_deadline_exceeded_not_a_hang(stack: Stack, gateway_s
     assert reply.status == 504 and reply.body["error"]["code"] == "DEADLINE_EXCEEDED"
     assert time.monotonic() - started < 10
     assert gateway_stub.RouteMessage(gateway_pb2.RouteMessageRequest(message=MESSAGE), metadata=AUTH, timeout=30)
+
+
+def a_draft_that_runs_to_its_length(gateway_stub) -> tuple[gateway_pb2.DraftReplyRequest, float]:
+    """A seeded draft that ends by LENGTH (sampling may end others early) and how long it took: the same seed
+    gives the same tokens, so a deadline well under that time cannot be met."""
+    for seed in range(20):
+        request = gateway_pb2.DraftReplyRequest(message="Where is my order?", max_words=100, seed=seed)
+        started = time.monotonic()
+        final = list(gateway_stub.DraftReply(request, metadata=AUTH, timeout=60))[-1]
+        if final.finish_reason == gateway_pb2.FINISH_REASON_LENGTH:
+            return request, time.monotonic() - started
+    pytest.fail("no seed in 0..19 gave a draft that runs to max_new_tokens")
 
 
 def test_readiness_and_liveness_over_http(stack: Stack) -> None:
