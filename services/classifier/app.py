@@ -48,19 +48,21 @@ class ClassifierApp:
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue_size=config.max_queue_size,
             max_concurrent_batches=config.max_concurrent_batches,
+            run_overhead_tokens=config.run_overhead_tokens,
         )
         for version in versions:
             model = await asyncio.to_thread(self._load_one, version, runtime, batching)
             model.start()
             self.registry.add(version.name, version.version, model)
             log.info(
-                "serving %s v%d (%d labels, max %d tokens, %s, %s)",
+                "serving %s v%d (%d labels, max %d tokens, %s, %s, a run costs %.1f padded tokens)",
                 version.name,
                 version.version,
                 len(model.labels),
                 model.max_length,
                 version.manifest.quantization.get("method", "none"),
                 model.runner.provider,
+                model.run_overhead_tokens,
             )
         self.registry.ready = True
 

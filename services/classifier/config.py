@@ -24,6 +24,11 @@ class ClassifierConfig:
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
     max_concurrent_batches: int = knob(2, "batches running at once per model (the next one forms while they run)")
     max_texts_per_request: int = knob(64, "most texts in one Classify request")
+    run_overhead_tokens: float = knob(
+        0.0,
+        "fixed cost of one onnxruntime run in padded tokens: a batch is split by text length into the runs that "
+        "waste least (0: measured per model at warm-up)",
+    )
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(
         0, "onnxruntime intra-op threads per batch (0: the cores shared out among max_concurrent_batches)"
@@ -44,6 +49,7 @@ class ClassifierConfig:
         require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")
         require(self.max_concurrent_batches >= 1, "max_concurrent_batches must be >= 1")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
+        require(self.run_overhead_tokens >= 0, f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         require(self.tokenizer_threads >= 1, f"tokenizer_threads must be >= 1, got {self.tokenizer_threads}")

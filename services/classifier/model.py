@@ -1,8 +1,9 @@
 """ClassifierModel: tokenization, batching and post-processing around one exported classifier version.
 
 Texts are tokenized in a thread pool when a request arrives (so their token lengths are known for bucketing),
-queued in the model's DynamicBatcher as one item each, padded per batch to the batch's longest text, and run
-through the OnnxRunner in a worker thread.
+queued in the model's DynamicBatcher as one item each, and run through the OnnxRunner in a worker thread. A batch
+is split by length into the onnxruntime runs that waste least (services.core.padding), each padded to its longest
+text; what one run costs in padded tokens is measured at warm-up unless configured.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.core import metrics
 from services.core.batcher import DynamicBatcher
 from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
+from services.core.padding import length_groups
 from services.core.repository import ModelVersion
 from services.core.runner import OnnxRunner
 
@@ -29,6 +31,11 @@ SERVICE = "classifier"
 # After this many batches in a row fail inside onnxruntime, the replica stops (NOT_SERVING, exit non-zero).
 MAX_CONSECUTIVE_FAILURES = 3
 WARMUP_TEXT = "warming up the classifier with a sentence of moderate length"
+# Run-overhead measurement: the best of CALIBRATION_REPEATS runs of 1 and of CALIBRATION_ROWS rows, both
+# CALIBRATION_WIDTH tokens wide; the difference is the cost of the extra tokens, the rest is the run's own cost.
+CALIBRATION_ROWS = 16
+CALIBRATION_WIDTH = 16
+CALIBRATION_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class BatchingOptions:
     max_queue_delay_ms: float
     max_queue_size: int
     max_concurrent_batches: int
+    run_overhead_tokens: float = 0.0  # 0: measured at warm-up
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class ClassifierModel:
         self._infer_pool = ThreadPoolExecutor(batching.max_concurrent_batches, thread_name_prefix="onnx")
         self._on_fatal = on_fatal
         self._failures = 0
+        self.run_overhead_tokens = batching.run_overhead_tokens
         self.batcher: DynamicBatcher[ClassifyItem, np.ndarray] = DynamicBatcher(
             self.predict_batch,
             max_batch_size=batching.max_batch_size,
@@ -113,9 +122,30 @@ class ClassifierModel:
         self._infer_pool.shutdown(wait=True)
 
     def warm_up(self, batch_size: int) -> None:
-        """Run a full batch once so the first request does not pay for onnxruntime's lazy initialisation."""
-        items = self._encode([WARMUP_TEXT] * batch_size, truncate=True)
-        self._run_batch([item for item, _ in items])
+        """Run a full batch once so the first request does not pay for onnxruntime's lazy initialisation, then
+        measure what a run costs in padded tokens unless it was configured."""
+        items = [item for item, _ in self._encode([WARMUP_TEXT] * batch_size, truncate=True)]
+        self._forward(items)
+        if not self.run_overhead_tokens:
+            self.run_overhead_tokens = self._measure_run_overhead(items[0])
+
+    def _measure_run_overhead(self, sample: ClassifyItem) -> float:
+        repeat = CALIBRATION_WIDTH // sample.length + 1
+        row = ClassifyItem(
+            np.tile(sample.ids, repeat)[:CALIBRATION_WIDTH], np.tile(sample.type_ids, repeat)[:CALIBRATION_WIDTH], 0.0
+        )
+
+        def best_time(rows: int) -> float:
+            times = []
+            for _ in range(CALIBRATION_REPEATS):
+                started = time.perf_counter()
+                self._forward([row] * rows)
+                times.append(time.perf_counter() - started)
+            return min(times)
+
+        single, full = best_time(1), best_time(CALIBRATION_ROWS)
+        per_token = max(full - single, 1e-9) / ((CALIBRATION_ROWS - 1) * CALIBRATION_WIDTH)
+        return max(single - CALIBRATION_WIDTH * per_token, 0.0) / per_token
 
     async def classify(
         self, texts: Sequence[str], top_k: int, truncate: bool, deadline: float | None
@@ -148,6 +178,37 @@ class ClassifierModel:
         return items
 
     def _run_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
+        started = time.perf_counter()
+        labels = (SERVICE, self._label)
+        for item in items:
+            metrics.QUEUE_DURATION.labels(*labels).observe(started - item.queued_at)
+        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
+        for group in length_groups([item.length for item in items], self.run_overhead_tokens):
+            for index, probabilities in zip(group, self._run_group([items[i] for i in group]), strict=True):
+                results[index] = probabilities
+        return results
+
+    def _run_group(self, items: list[ClassifyItem]) -> list[np.ndarray]:
+        """One onnxruntime run, recorded in the batch metrics; repeated failures stop the replica."""
+        labels = (SERVICE, self._label)
+        started = time.perf_counter()
+        try:
+            probabilities, padding_efficiency = self._forward(items)
+        except ModelFailure as failure:
+            self._failures += 1
+            if self._failures >= MAX_CONSECUTIVE_FAILURES:
+                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
+            raise
+        self._failures = 0
+        metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(*labels).observe(len(items))
+        metrics.BATCHES.labels(*labels).inc()
+        metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
+        metrics.PADDING_EFFICIENCY.labels(*labels).observe(padding_efficiency)
+        return probabilities
+
+    def _forward(self, items: list[ClassifyItem]) -> tuple[list[np.ndarray], float]:
+        """Pad the items to the longest and run them; returns their probabilities and real / padded tokens."""
         width = max(item.length for item in items)
         ids = np.full((len(items), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(items), width), dtype=np.int64)
@@ -157,25 +218,8 @@ class ClassifierModel:
             mask[row, : item.length] = 1
             type_ids[row, : item.length] = item.type_ids
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        started = time.perf_counter()
-        labels = (SERVICE, self._label)
-        for item in items:
-            metrics.QUEUE_DURATION.labels(*labels).observe(started - item.queued_at)
-        try:
-            (probabilities,) = self.runner.run({n: available[n] for n in self._feed_names}, ["probabilities"])
-        except ModelFailure as failure:
-            self._failures += 1
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
-            raise
-        self._failures = 0
-        elapsed = time.perf_counter() - started
-        metrics.INFERENCE_DURATION.labels(*labels).observe(elapsed)
-        metrics.BATCH_SIZE.labels(*labels).observe(len(items))
-        metrics.BATCHES.labels(*labels).inc()
-        metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
-        metrics.PADDING_EFFICIENCY.labels(*labels).observe(float(mask.sum()) / mask.size)
-        return list(probabilities)
+        (probabilities,) = self.runner.run({n: available[n] for n in self._feed_names}, ["probabilities"])
+        return list(probabilities), float(mask.sum()) / mask.size
 
     def _top(self, probabilities: np.ndarray, top_k: int, length: int, truncated: bool) -> Classification:
         count = len(self.labels) if top_k == 0 else min(top_k, len(self.labels))

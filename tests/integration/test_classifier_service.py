@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from tokenizers import Tokenizer
 
 from services.classifier.app import ClassifierApp
@@ -44,6 +45,13 @@ def reference_probabilities(model_dir: Path, text: str) -> np.ndarray:
     return session.run(None, {n: feeds[n] for n in names})[0][0]
 
 
+def assert_matches_reference(model_repo: Path, text: str, served: pb.Classification) -> None:
+    """The served sentiment scores of `text` equal plain onnxruntime's on the text alone (padding changes nothing)."""
+    scores = {label.label: label.score for label in served.labels}
+    expected = reference_probabilities(model_repo / "sentiment" / "1", text)
+    np.testing.assert_allclose([scores[label] for label in ("negative", "neutral", "positive")], expected, atol=1e-5)
+
+
 async def test_classify_returns_ranked_labels_and_the_answering_version(classifier) -> None:
     async with classifier() as app, stub_for(app) as stub:
         response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS[:2], top_k=2))
@@ -64,11 +72,8 @@ async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_rep
         responses = await asyncio.gather(
             *(stub.Classify(pb.ClassifyRequest(model="sentiment", texts=[text])) for text in TEXTS)
         )
-    labels = ["negative", "neutral", "positive"]
     for text, response in zip(TEXTS, responses, strict=True):
-        served = {label.label: label.score for label in response.results[0].labels}
-        expected = reference_probabilities(model_repo / "sentiment" / "1", text)
-        np.testing.assert_allclose([served[label] for label in labels], expected, atol=1e-5)
+        assert_matches_reference(model_repo, text, response.results[0])
 
 
 async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier) -> None:
@@ -88,6 +93,33 @@ async def test_concurrent_requests_are_batched_together_visible_in_metrics(class
     assert value("ecomserve_batch_items_total") / value("ecomserve_batches_total") > 1
     assert "ecomserve_padding_efficiency_ratio_bucket" in body
     assert 'ecomserve_runtime_info{model="sentiment/1",provider="CPUExecutionProvider"' in body
+
+
+async def test_a_batch_is_split_by_length_into_runs_without_padding_waste(classifier, model_repo: Path) -> None:
+    labels = {"service": "classifier", "model": "sentiment/1"}
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {name: sample(name) for name in RUN_SAMPLES}
+    texts = [TEXTS[2], TEXTS[1], TEXTS[4], TEXTS[1]]  # two lengths, interleaved, in one batch
+    async with classifier(run_overhead_tokens=0.5, max_batch_size=8) as app, stub_for(app) as stub:
+        response = await stub.Classify(pb.ClassifyRequest(model="sentiment", texts=texts))
+    ran = {name: sample(name) - before[name] for name in RUN_SAMPLES}
+    # "hello" and "thanks" have the same token count, the refund text many more: one run per length, none padded.
+    assert ran["ecomserve_batches_total"] == 2 and ran["ecomserve_batch_items_total"] == 4
+    assert ran["ecomserve_padding_efficiency_ratio_count"] == 2
+    assert ran["ecomserve_padding_efficiency_ratio_sum"] == pytest.approx(2.0)
+    for text, result in zip(texts, response.results, strict=True):
+        assert_matches_reference(model_repo, text, result)
+
+
+RUN_SAMPLES = (
+    "ecomserve_batches_total",
+    "ecomserve_batch_items_total",
+    "ecomserve_padding_efficiency_ratio_sum",
+    "ecomserve_padding_efficiency_ratio_count",
+)
 
 
 @pytest.mark.parametrize(
