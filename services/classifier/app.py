@@ -14,7 +14,7 @@ from services.classifier.model import SERVICE, BatchingOptions, ClassifierModel
 from services.classifier.servicer import ClassifierServicer
 from services.core.manifest import TASK_CLASSIFICATION
 from services.core.repository import ModelVersion, Registry, discover
-from services.core.runner import OnnxRunner, RuntimeOptions
+from services.core.runner import CUDA, OnnxRunner, RuntimeOptions, choose_providers
 from services.core.server import ServingServer
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,14 @@ class ClassifierApp:
         """Load, verify and warm up every model version, start their batchers, then mark the registry ready."""
         config = self.config
         versions = discover(Path(config.models), TASK_CLASSIFICATION, config.model_names)
-        runtime = RuntimeOptions(device=config.device, intra_op_threads=config.threads_per_batch)
+        inference_threads, intra_op_threads = config.run_threads(on_gpu=choose_providers(config.device)[0] == CUDA)
+        runtime = RuntimeOptions(device=config.device, intra_op_threads=intra_op_threads)
         batching = BatchingOptions(
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue_size=config.max_queue_size,
             max_concurrent_batches=config.max_concurrent_batches,
+            inference_threads=inference_threads,
             run_overhead_tokens=config.run_overhead_tokens,
         )
         for version in versions:

@@ -22,7 +22,9 @@ class ClassifierConfig:
         "is free, with every text queued by then)",
     )
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
-    max_concurrent_batches: int = knob(2, "batches running at once per model (the next one forms while they run)")
+    max_concurrent_batches: int = knob(
+        1, "batches in flight per model (the next one forms while they run); their runs share the inference threads"
+    )
     max_texts_per_request: int = knob(64, "most texts in one Classify request")
     run_overhead_tokens: float = knob(
         0.0,
@@ -30,8 +32,11 @@ class ClassifierConfig:
         "waste least (0: measured per model at warm-up)",
     )
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
+    inference_threads: int = knob(
+        0, "threads that run a batch's onnxruntime runs in parallel, per model (0: one per core; 1 on a GPU)"
+    )
     intra_op_threads: int = knob(
-        0, "onnxruntime intra-op threads per batch (0: the cores shared out among max_concurrent_batches)"
+        0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
     max_connection_age_s: float = knob(
@@ -51,12 +56,16 @@ class ClassifierConfig:
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
         require(self.run_overhead_tokens >= 0, f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        require(self.inference_threads >= 0, f"inference_threads must be >= 0, got {self.inference_threads}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         require(self.tokenizer_threads >= 1, f"tokenizer_threads must be >= 1, got {self.tokenizer_threads}")
 
-    @property
-    def threads_per_batch(self) -> int:
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.max_concurrent_batches)
+    def run_threads(self, on_gpu: bool) -> tuple[int, int]:
+        """(inference threads, intra-op threads per run). By default a CPU gets one single-threaded run per core;
+        a GPU runs one batch at a time, whole (it gains nothing from parallel runs or split batches)."""
+        cores = os.cpu_count() or 1
+        inference = self.inference_threads or (1 if on_gpu else cores)
+        return inference, self.intra_op_threads or max(1, cores // inference)
 
     @property
     def address(self) -> str:

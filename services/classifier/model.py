@@ -1,9 +1,10 @@
 """ClassifierModel: tokenization, batching and post-processing around one exported classifier version.
 
 Texts are tokenized in a thread pool when a request arrives (so their token lengths are known for bucketing),
-queued in the model's DynamicBatcher as one item each, and run through the OnnxRunner in a worker thread. A batch
+queued in the model's DynamicBatcher as one item each, and run through the OnnxRunner in worker threads. A batch
 is split by length into the onnxruntime runs that waste least (services.core.padding), each padded to its longest
-text; what one run costs in padded tokens is measured at warm-up unless configured.
+text; what one run costs in padded tokens is measured at warm-up unless configured. The runs of a batch go to the
+inference threads in parallel, costliest first, so one batch keeps every core busy and ends as soon as possible.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.core import metrics
 from services.core.batcher import DynamicBatcher
 from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
-from services.core.padding import length_groups
+from services.core.padding import length_groups, spread
 from services.core.repository import ModelVersion
 from services.core.runner import OnnxRunner
 
@@ -44,6 +45,7 @@ class BatchingOptions:
     max_queue_delay_ms: float
     max_queue_size: int
     max_concurrent_batches: int
+    inference_threads: int = 1
     run_overhead_tokens: float = 0.0  # 0: measured at warm-up
 
 
@@ -93,7 +95,8 @@ class ClassifierModel:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_length)
         self._tokenize_pool = tokenize_pool
-        self._infer_pool = ThreadPoolExecutor(batching.max_concurrent_batches, thread_name_prefix="onnx")
+        self._infer_pool = ThreadPoolExecutor(batching.inference_threads, thread_name_prefix="onnx")
+        self._inference_threads = batching.inference_threads
         self._on_fatal = on_fatal
         self._failures = 0
         self.run_overhead_tokens = batching.run_overhead_tokens
@@ -160,7 +163,19 @@ class ClassifierModel:
 
     async def predict_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, self._run_batch, items)
+        started = time.perf_counter()
+        for item in items:
+            metrics.QUEUE_DURATION.labels(SERVICE, self._label).observe(started - item.queued_at)
+        lengths = [item.length for item in items]
+        runs = spread(length_groups(lengths, self.run_overhead_tokens), lengths, self._inference_threads)
+        outputs = await asyncio.gather(
+            *(loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs)
+        )
+        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
+        for run, probabilities in zip(runs, outputs, strict=True):
+            for index, row in zip(run, probabilities, strict=True):
+                results[index] = row
+        return results
 
     def _encode(self, texts: Sequence[str], truncate: bool) -> list[tuple[ClassifyItem, bool]]:
         encodings = self._tokenizer.encode_batch(list(texts))
@@ -176,17 +191,6 @@ class ClassifierModel:
             ids = np.asarray(encoding.ids, dtype=np.int64)
             items.append((ClassifyItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
         return items
-
-    def _run_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
-        started = time.perf_counter()
-        labels = (SERVICE, self._label)
-        for item in items:
-            metrics.QUEUE_DURATION.labels(*labels).observe(started - item.queued_at)
-        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
-        for group in length_groups([item.length for item in items], self.run_overhead_tokens):
-            for index, probabilities in zip(group, self._run_group([items[i] for i in group]), strict=True):
-                results[index] = probabilities
-        return results
 
     def _run_group(self, items: list[ClassifyItem]) -> list[np.ndarray]:
         """One onnxruntime run, recorded in the batch metrics; repeated failures stop the replica."""

@@ -1,4 +1,5 @@
-"""Length grouping: which sequences of one batch share an onnxruntime run, so that padding costs less than runs.
+"""Length grouping: which sequences of one batch share an onnxruntime run, so that padding costs less than runs,
+and how the runs are spread over parallel inference threads.
 
 A run pads every row to its longest row. On CPU a padded token costs as much as a real one, so one run over texts
 of 5 and 60 tokens wastes most of its work; on a GPU a run's fixed cost dominates and padding is nearly free. The
@@ -34,3 +35,24 @@ def length_groups(lengths: Sequence[int], run_overhead_tokens: float) -> list[li
         groups.append(order[start[end] : end])
         end = start[end]
     return groups[::-1]
+
+
+def spread(groups: list[list[int]], lengths: Sequence[int], workers: int) -> list[list[int]]:
+    """The runs to hand to `workers` parallel threads, costliest (rows x longest) first, so that the longest run
+    starts at once and the others fill in around it. While there are fewer runs than workers, the costliest run
+    with two or more rows is halved (its shorter and its longer half), so that no worker idles."""
+    runs = [list(group) for group in groups]
+
+    def cost(run: list[int]) -> int:
+        return len(run) * max(lengths[index] for index in run)
+
+    while len(runs) < workers:
+        splittable = [run for run in runs if len(run) > 1]
+        if not splittable:
+            break
+        costliest = max(splittable, key=cost)
+        runs.remove(costliest)
+        ordered = sorted(costliest, key=lambda index: lengths[index])
+        half = len(ordered) // 2
+        runs += [ordered[:half], ordered[half:]]
+    return sorted(runs, key=cost, reverse=True)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.core.padding import length_groups
+from services.core.padding import length_groups, spread
 
 
 def cost(lengths: list[int], groups: list[list[int]], overhead: float) -> float:
@@ -56,3 +56,12 @@ def test_no_overhead_gives_one_run_per_length_and_a_large_one_a_single_run() -> 
 def test_negative_overhead_is_refused() -> None:
     with pytest.raises(ValueError, match="run_overhead_tokens"):
         length_groups([1, 2], -1.0)
+
+
+def test_spread_halves_the_costliest_run_until_every_worker_has_one_and_orders_costliest_first() -> None:
+    lengths = [10, 10, 10, 10, 40]
+    runs = spread([[0, 1, 2, 3], [4]], lengths, workers=3)
+    assert sorted(i for run in runs for i in run) == [0, 1, 2, 3, 4]
+    assert [len(run) * max(lengths[i] for i in run) for run in runs] == [40, 20, 20]
+    assert spread([[0, 1]], [5, 9], workers=4) == [[1], [0]]  # one row per run is as far as it goes
+    assert spread([[0, 1, 2]], [5, 6, 7], workers=1) == [[0, 1, 2]]  # one worker: the grouping stands
