@@ -1,8 +1,8 @@
 """The physical limit: in-process onnxruntime throughput of each exported model at batch 1, 8 and 32 (JSON).
 
 Classifiers: workload texts tokenized and padded per batch, sequences/s and real tokens/s (tokenization
-included, as a server has to do it too). Generators: one decode step over a batch with a past of 64 tokens,
-tokens/s = batch / step time. Serving benchmarks compare against these numbers.
+included, as a server has to do it too), the best of three windows per batch size. Generators: one decode step
+over a batch with a past of 64 tokens, tokens/s = batch / step time. Serving benchmarks compare against these.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bench.load import workload
 from services.core.manifest import TASK_CLASSIFICATION, TASK_GENERATION, Manifest, version_folders
 
 BATCH_SIZES = (1, 8, 32)
+LIMIT_WINDOWS = 3
 
 
 def session(folder: Path, threads: int) -> ort.InferenceSession:
@@ -39,8 +40,9 @@ def classifier_limits(folder: Path, manifest: Manifest, seconds: float, threads:
     tokenizer.enable_padding(pad_id=int(manifest.special_tokens.get("pad_token_id") or 0))
     names = [spec.name for spec in manifest.inputs]
     texts = workload()
-    results: dict[str, Any] = {}
-    for batch in BATCH_SIZES:
+
+    def window(batch: int, seconds: float) -> tuple[float, float, list[float]]:
+        """Run batches for `seconds`: (sequences/s, tokens/s, batch latencies)."""
         done = tokens = 0
         latencies = []
         started = time.perf_counter()
@@ -58,10 +60,21 @@ def classifier_limits(folder: Path, manifest: Manifest, seconds: float, threads:
             done += batch
             tokens += int(feeds["attention_mask"].sum())
         elapsed = time.perf_counter() - started
+        return done / elapsed, tokens / elapsed, latencies
+
+    # Batch sizes take turns in LIMIT_WINDOWS short windows and each keeps its best: on a shared machine a single
+    # window can land in a slow moment, and the limit is what the hardware can do.
+    windows: dict[int, list[tuple[float, float, list[float]]]] = {batch: [] for batch in BATCH_SIZES}
+    for _ in range(LIMIT_WINDOWS):
+        for batch in BATCH_SIZES:
+            windows[batch].append(window(batch, seconds / LIMIT_WINDOWS))
+    results: dict[str, Any] = {}
+    for batch, measured in windows.items():
+        sequences_per_s, tokens_per_s, _ = max(measured, key=lambda m: m[0])
         results[str(batch)] = {
-            "sequences_per_s": round(done / elapsed, 1),
-            "tokens_per_s": round(tokens / elapsed, 1),
-            "batch_latency_ms_p50": round(float(np.median(latencies)) * 1000, 3),
+            "sequences_per_s": round(sequences_per_s, 1),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "batch_latency_ms_p50": round(float(np.median([t for m in measured for t in m[2]])) * 1000, 3),
         }
     best = max(results, key=lambda b: results[b]["sequences_per_s"])
     return {

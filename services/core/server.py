@@ -5,6 +5,7 @@ service name), reflection, /metrics, and the lifecycle (load -> SERVING -> SIGTE
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -171,6 +172,11 @@ async def run_until_signal(
             exit_code = 1
             stopping.set()
         else:
+            # Everything loaded so far lives as long as the process: move it out of the collector's reach, so
+            # that a full collection does not walk it and stall the event loop (measured: 17-27 ms, 3 times in
+            # 8 s at 650 requests/s; <1 ms frozen).
+            gc.collect()
+            gc.freeze()
             await server.set_serving(True)
             log.info("%s loaded; %s", server.service, "SERVING" if server.serving else "NOT_SERVING until ready")
     else:
