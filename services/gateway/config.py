@@ -45,7 +45,11 @@ class GatewayConfig:
     deadline_margin_ms: float = knob(
         10.0, "subtracted from the caller's remaining time so the gateway can still answer before it passes"
     )
-    max_attempts: int = knob(3, "attempts per backend call, retried with backoff on UNAVAILABLE (1: no retries)")
+    max_attempts: int = knob(
+        5,
+        "attempts per backend call, retried on UNAVAILABLE with backoff (0.1 s doubling, capped at 1 s, jittered) "
+        "so that the retries span a replica's death (1: no retries)",
+    )
     max_text_chars: int = knob(4000, "longest customer message or text, in characters")
     max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
     tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
