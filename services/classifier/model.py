@@ -164,13 +164,21 @@ class ClassifierModel:
     async def predict_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        queue_duration = metrics.QUEUE_DURATION.labels(SERVICE, self._label)
         for item in items:
-            metrics.QUEUE_DURATION.labels(SERVICE, self._label).observe(started - item.queued_at)
+            queue_duration.observe(started - item.queued_at)
         lengths = [item.length for item in items]
         runs = spread(length_groups(lengths, self.run_overhead_tokens), lengths, self._inference_threads)
-        outputs = await asyncio.gather(
-            *(loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs)
-        )
+        try:
+            outputs = await asyncio.gather(
+                *(loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs)
+            )
+        except ModelFailure as failure:  # counted per batch, on the loop: the runs of one batch fail together
+            self._failures += 1
+            if self._failures >= MAX_CONSECUTIVE_FAILURES:
+                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
+            raise
+        self._failures = 0
         results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
         for run, probabilities in zip(runs, outputs, strict=True):
             for index, row in zip(run, probabilities, strict=True):
@@ -193,17 +201,10 @@ class ClassifierModel:
         return items
 
     def _run_group(self, items: list[ClassifyItem]) -> list[np.ndarray]:
-        """One onnxruntime run, recorded in the batch metrics; repeated failures stop the replica."""
+        """One onnxruntime run, recorded in the batch metrics."""
         labels = (SERVICE, self._label)
         started = time.perf_counter()
-        try:
-            probabilities, padding_efficiency = self._forward(items)
-        except ModelFailure as failure:
-            self._failures += 1
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
-            raise
-        self._failures = 0
+        probabilities, padding_efficiency = self._forward(items)
         metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(*labels).observe(len(items))
         metrics.BATCHES.labels(*labels).inc()
