@@ -25,12 +25,10 @@ from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
 from services.core.padding import length_groups, spread
 from services.core.repository import ModelVersion
-from services.core.runner import OnnxRunner
+from services.core.runner import FailureStreak, OnnxRunner
 
 log = logging.getLogger(__name__)
 SERVICE = "classifier"
-# After this many batches in a row fail inside onnxruntime, the replica stops (NOT_SERVING, exit non-zero).
-MAX_CONSECUTIVE_FAILURES = 3
 WARMUP_TEXT = "warming up the classifier with a sentence of moderate length"
 # Run-overhead measurement: the best of CALIBRATION_REPEATS runs of 1 and of CALIBRATION_ROWS rows, both
 # CALIBRATION_WIDTH tokens wide; the difference is the cost of the extra tokens, the rest is the run's own cost.
@@ -97,8 +95,7 @@ class ClassifierModel:
         self._tokenize_pool = tokenize_pool
         self._infer_pool = ThreadPoolExecutor(batching.inference_threads, thread_name_prefix="onnx")
         self._inference_threads = batching.inference_threads
-        self._on_fatal = on_fatal
-        self._failures = 0
+        self._failures = FailureStreak(self._label, "batches", on_fatal)
         self.run_overhead_tokens = batching.run_overhead_tokens
         self.batcher: DynamicBatcher[ClassifyItem, np.ndarray] = DynamicBatcher(
             self.predict_batch,
@@ -174,11 +171,9 @@ class ClassifierModel:
                 *(loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs)
             )
         except ModelFailure as failure:  # counted per batch, on the loop: the runs of one batch fail together
-            self._failures += 1
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                self._on_fatal(f"{self._label}: {self._failures} batches in a row failed: {failure}")
+            self._failures.failed(failure)
             raise
-        self._failures = 0
+        self._failures.succeeded()
         results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
         for run, probabilities in zip(runs, outputs, strict=True):
             for index, row in zip(run, probabilities, strict=True):

@@ -1,12 +1,13 @@
 """OnnxRunner: a synchronous wrapper over one onnxruntime InferenceSession. Knows nothing of batching or asyncio.
 
 onnxruntime releases the GIL inside run(), so callers run it from a worker thread and the event loop stays free.
+FailureStreak decides when failing runs mean the replica must stop.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from services.core.errors import ModelFailure
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+# After this many failed runs (batches, decode steps) in a row, the replica stops (NOT_SERVING, exit non-zero).
+MAX_CONSECUTIVE_FAILURES = 3
 CPU = "CPUExecutionProvider"
 
 
@@ -70,3 +73,23 @@ class OnnxRunner:
             return list(self._session.run(list(outputs) if outputs else None, dict(feeds)))
         except Exception as error:
             raise ModelFailure(f"onnxruntime run failed: {error}") from error
+
+
+class FailureStreak:
+    """Counts the model's failures in a row (`unit`: what failed, e.g. "batches") and calls `on_fatal` once
+    MAX_CONSECUTIVE_FAILURES is reached: one bad request does not stop a replica, a broken runtime does.
+    Call it from the event loop (on_fatal stops the server)."""
+
+    def __init__(self, model_label: str, unit: str, on_fatal: Callable[[str], None]) -> None:
+        self._label = model_label
+        self._unit = unit
+        self._on_fatal = on_fatal
+        self._count = 0
+
+    def failed(self, failure: ModelFailure) -> None:
+        self._count += 1
+        if self._count >= MAX_CONSECUTIVE_FAILURES:
+            self._on_fatal(f"{self._label}: {self._count} {self._unit} in a row failed: {failure}")
+
+    def succeeded(self) -> None:
+        self._count = 0

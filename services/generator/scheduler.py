@@ -25,14 +25,13 @@ import numpy as np
 
 from services.core import metrics
 from services.core.errors import DeadlineExceeded, ModelFailure, QueueFull, Unavailable
+from services.core.runner import FailureStreak
 from services.generator.batch import DecodeBatch
 from services.generator.decoder import DecoderRunner
 from services.generator.sequence import Sequence, TextDelta
 
 log = logging.getLogger(__name__)
 SERVICE = "generator"
-# After this many steps in a row fail inside onnxruntime, the replica stops (NOT_SERVING, exit non-zero).
-MAX_CONSECUTIVE_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,6 @@ class ContinuousScheduler:
         self._budgets = budgets
         self._pad_id = pad_id
         self._label = model_label
-        self._on_fatal = on_fatal
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._batch: DecodeBatch | None = None
@@ -69,7 +67,7 @@ class ContinuousScheduler:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._failures = 0
+        self._failures = FailureStreak(model_label, "decode steps", on_fatal)
         metrics.RUNNING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._running))
         metrics.WAITING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
         metrics.QUEUE_DEPTH.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
@@ -138,7 +136,7 @@ class ContinuousScheduler:
                 except ModelFailure as failure:
                     self._fail_running(failure)
                     break
-                self._failures = 0
+                self._failures.succeeded()
                 self._publish(deltas)
             # Let callers' handlers run (stream writes, cancellations) between steps.
             await asyncio.sleep(0)
@@ -254,6 +252,4 @@ class ContinuousScheduler:
                 self._count_finish("error")
         self._running = []
         self._batch = self._joining = None
-        self._failures += 1
-        if self._failures >= MAX_CONSECUTIVE_FAILURES:
-            self._on_fatal(f"{self._label}: {self._failures} decode steps in a row failed: {failure}")
+        self._failures.failed(failure)
