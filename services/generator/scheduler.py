@@ -2,9 +2,10 @@
 
 One asyncio task per model runs the loop schedule -> step -> update:
 - schedule (event loop): drop cancelled and expired waiting requests, admit waiting ones within the budgets;
-- step (worker thread): a prefill of the admitted sequences (their first tokens are published at once), then one
-  decode forward pass for every running sequence, after which the admitted ones join the running batch; sampling
-  and detokenizing per sequence;
+- step (worker thread): ONE forward pass, sampling and detokenizing per sequence. A prefill of the admitted
+  sequences whenever any could be admitted (their first tokens are published at once), else a decode for every
+  running sequence, which the prefilled ones join first. Prefills go first (as in TGI) so that a new request waits
+  for at most the step in progress and its own prefill; free slots bound how many come between two decodes;
 - update (event loop): publish text deltas to the callers; finished and cancelled sequences leave the batch
   before the next step and free their slot and cache.
 The loop and the worker strictly alternate, so the batch and the sequences are never touched by both at once.
@@ -62,7 +63,7 @@ class ContinuousScheduler:
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._batch: DecodeBatch | None = None
-        self._joining: DecodeBatch | None = None  # prefilled this iteration, merged by the next decode
+        self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")
         self._task: asyncio.Task[None] | None = None
@@ -113,7 +114,7 @@ class ContinuousScheduler:
         while True:
             self._running = [s for s in self._running if s.active]
             if not self._running:
-                self._batch = self._joining = None  # frees the cache of sequences that were cancelled
+                self._batch, self._joining = None, []  # frees the cache of sequences that were cancelled
             admitted = self._admit(loop.time())
             if not self._running and not admitted:
                 if self._closing and not self._waiting:
@@ -123,21 +124,14 @@ class ContinuousScheduler:
                     await self._wakeup.wait()
                 continue
             self._running.extend(admitted)
-            # The prefill runs first and is published at once, so a new request's time to first token does not
-            # include the running batch's decode step.
-            steps: list[Callable[[], list[tuple[Sequence, TextDelta]]]] = []
-            if admitted:
-                steps.append(functools.partial(self._prefill, admitted))
-            if self._batch is not None:
-                steps.append(self._decode)
-            for step in steps:
-                try:
-                    deltas = await loop.run_in_executor(self._worker, step)
-                except ModelFailure as failure:
-                    self._fail_running(failure)
-                    break
-                self._failures.succeeded()
-                self._publish(deltas)
+            step = functools.partial(self._prefill, admitted) if admitted else self._decode
+            try:
+                deltas = await loop.run_in_executor(self._worker, step)
+            except ModelFailure as failure:
+                self._fail_running(failure)
+                continue
+            self._failures.succeeded()
+            self._publish(deltas)
             # Let callers' handlers run (stream writes, cancellations) between steps.
             await asyncio.sleep(0)
 
@@ -183,7 +177,7 @@ class ContinuousScheduler:
 
     def _prefill(self, admitted: list[Sequence]) -> list[tuple[Sequence, TextDelta]]:
         """Worker thread: prefill the admitted prompts and sample their first tokens; they join the running batch
-        at the next decode (or become it)."""
+        at the next decode."""
         started = time.perf_counter()
         joining, logits = DecodeBatch.prefill(self._decoder, admitted, self._pad_id)
         self._observe_step("prefill", started)
@@ -192,18 +186,16 @@ class ContinuousScheduler:
         for sequence in admitted:
             if (ttft := sequence.time_to_first_token_s()) is not None:
                 metrics.TIME_TO_FIRST_TOKEN.labels(SERVICE, self._label).observe(ttft)
-        if self._batch is None:
-            self._batch = joining
-        else:
-            self._joining = joining
+        self._joining.append(joining)
         return deltas
 
     def _decode(self) -> list[tuple[Sequence, TextDelta]]:
-        """Worker thread: drop finished and cancelled rows, decode one token for every other row, then merge the
-        sequences prefilled in this iteration."""
-        assert self._batch is not None
-        batch = self._batch.filter([i for i, s in enumerate(self._batch.sequences) if s.active])
-        joining, self._joining = self._joining, None
+        """Worker thread: merge the sequences prefilled since the last decode, drop finished and cancelled rows,
+        and decode one token for every other row."""
+        parts = [b for b in (self._batch, *self._joining) if b is not None]
+        kept = [k for b in parts if (k := b.filter([i for i, s in enumerate(b.sequences) if s.active])) is not None]
+        self._joining = []
+        batch = self._batch = DecodeBatch.concatenate(kept) if kept else None
         deltas: list[tuple[Sequence, TextDelta]] = []
         if batch is not None:
             started = time.perf_counter()
@@ -214,8 +206,6 @@ class ContinuousScheduler:
                 len(batch.sequences) / self._budgets.max_running_sequences
             )
             deltas = self._advance(batch.sequences, logits)
-        parts = [b for b in (batch, joining) if b is not None]
-        self._batch = DecodeBatch.concatenate(parts) if parts else None
         return deltas
 
     def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, TextDelta]]:
@@ -251,5 +241,5 @@ class ContinuousScheduler:
                 sequence.events.put_nowait(failure)
                 self._count_finish("error")
         self._running = []
-        self._batch = self._joining = None
+        self._batch, self._joining = None, []
         self._failures.failed(failure)
