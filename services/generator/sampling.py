@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Nucleus search starts with this many candidates and widens until they hold top_p of the mass; a full sort of
-# the vocabulary (~50k) per token would cost more than the decode step itself.
-NUCLEUS_FIRST_CANDIDATES = 64
+# Nucleus search first looks at the tokens at least this fraction as likely as the best one and widens (by the same
+# factor) until they hold top_p of the mass; a full sort, or a partition, of the vocabulary (~50k) per token would
+# cost a good part of a whole batch's decode step.
+NUCLEUS_FIRST_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Sampler:
             self._seen[[i for i in prompt_ids if i < vocab_size]] = True
 
     def choose(self, logits: np.ndarray) -> int:
-        scores = logits.astype(np.float64)
+        scores = np.array(logits, dtype=np.float32)  # a copy: the penalty and the softmax work in place
         if self._seen is not None:
             penalty = self._params.repetition_penalty
             seen = scores[self._seen]
@@ -57,33 +58,33 @@ class Sampler:
 
     def _sample(self, scores: np.ndarray) -> int:
         params = self._params
-        scores = scores / params.temperature
+        candidates = None
         if 0 < params.top_k < scores.shape[0]:
             candidates = np.argpartition(-scores, params.top_k - 1)[: params.top_k]
-        else:
-            candidates = np.arange(scores.shape[0])
-        probs = np.exp(scores[candidates] - scores[candidates].max())
-        probs /= probs.sum()
+            scores = scores[candidates]
+        # Unnormalised softmax at the temperature, in float32 over the vocabulary (float64 costs twice as much).
+        scores -= scores.max()
+        scores /= params.temperature
+        weights = np.exp(scores, out=scores)
         if params.top_p < 1.0:
-            candidates, probs = _nucleus(candidates, probs, params.top_p)
-        cumulative = np.cumsum(probs)
-        index = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
-        return int(candidates[min(index, len(candidates) - 1)])
+            nucleus, weights = _nucleus(weights, params.top_p * float(weights.sum(dtype=np.float64)))
+            candidates = nucleus if candidates is None else candidates[nucleus]
+        cumulative = np.cumsum(weights, dtype=np.float64)
+        draw = self._rng.random() * cumulative[-1]
+        index = min(int(np.searchsorted(cumulative, draw, side="right")), len(weights) - 1)
+        return index if candidates is None else int(candidates[index])
 
 
-def _nucleus(candidates: np.ndarray, probs: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """The most likely candidates whose probabilities first reach top_p, best first, renormalised."""
-    width = NUCLEUS_FIRST_CANDIDATES
+def _nucleus(weights: np.ndarray, mass: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the heaviest weights whose sum first reaches `mass`, heaviest first, and those weights.
+    Exact: the weights at or above any threshold are a prefix of the sorted order, so once such a prefix holds
+    `mass` the nucleus lies inside it."""
+    threshold = float(weights.max()) * NUCLEUS_FIRST_RATIO
     while True:
-        if width < len(probs):
-            top = np.argpartition(-probs, width - 1)[:width]
-        else:
-            top = np.arange(len(probs))
-        order = top[np.argsort(-probs[top], kind="stable")]
-        cumulative = np.cumsum(probs[order])
-        if cumulative[-1] >= top_p or width >= len(probs):
-            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, len(order))
-            chosen = order[:keep]
-            kept = probs[chosen]
-            return candidates[chosen], kept / kept.sum()
-        width *= 4
+        top = np.flatnonzero(weights >= threshold)
+        if threshold == 0.0 or weights[top].sum(dtype=np.float64) >= mass:
+            break
+        threshold = threshold * NUCLEUS_FIRST_RATIO if threshold > np.finfo(np.float32).tiny else 0.0
+    order = top[np.argsort(-weights[top], kind="stable")]
+    keep = min(int(np.searchsorted(np.cumsum(weights[order], dtype=np.float64), mass)) + 1, len(order))
+    return order[:keep], weights[order[:keep]]

@@ -61,15 +61,30 @@ def test_held_back_text_is_released_when_the_stop_does_not_follow(byte_level: To
 
 def test_nucleus_matches_a_full_sort() -> None:
     rng = np.random.default_rng(0)
-    for top_p in (0.5, 0.9, 0.99, 1.0):
-        logits = rng.normal(size=5000) * 3
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        order = np.argsort(-probs)
-        keep = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1
-        chosen, renormalised = _nucleus(np.arange(5000), probs, top_p)
-        assert set(chosen.tolist()) == set(order[:keep].tolist())
-        assert renormalised.sum() == pytest.approx(1.0)
+    # From flat (the first threshold holds too little mass and the search widens) to peaked distributions.
+    for spread in (0.05, 1.0, 3.0, 10.0):
+        for top_p in (0.5, 0.9, 0.99):  # top_p 1.0 samples from all tokens, without a nucleus
+            weights = np.exp(rng.normal(size=5000) * spread).astype(np.float32)
+            mass = top_p * float(weights.sum(dtype=np.float64))
+            order = np.argsort(-weights, kind="stable")
+            keep = min(int(np.searchsorted(np.cumsum(weights[order], dtype=np.float64), mass)) + 1, len(order))
+            chosen, kept = _nucleus(weights, mass)
+            assert set(chosen.tolist()) == set(order[:keep].tolist())
+            assert np.array_equal(kept, weights[chosen])
+            assert list(kept) == sorted(kept, reverse=True)
+
+
+def test_top_p_draws_only_from_the_nucleus() -> None:
+    logits = np.random.default_rng(2).normal(size=1000).astype(np.float32) * 4
+    params = SamplingParams(max_new_tokens=200, temperature=0.7, top_p=0.5, seed=5)
+    sampler = Sampler(params, [0], 1000)
+    probs = np.exp((logits - logits.max()) / 0.7)
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(probs[order]), 0.5)) + 1].tolist())
+    draws = [sampler.choose(logits) for _ in range(200)]
+    assert set(draws) <= nucleus
+    assert len(set(draws)) > 1
 
 
 def test_greedy_argmax_with_repetition_penalty() -> None:
