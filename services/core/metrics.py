@@ -113,6 +113,11 @@ STEP_DURATION = Histogram(
     ["service", "model", "phase"],
     buckets=FAST_BUCKETS,
 )
+STOPPED_STEPS = Counter(
+    "ecomserve_stopped_decode_steps_total",
+    "Decode steps given up part-way so that newly arrived requests were prefilled first (each is decoded again).",
+    ["service", "model"],
+)
 FINISHED_SEQUENCES = Counter(
     "ecomserve_finished_sequences_total",
     "Sequences that left the scheduler, by finish_reason (length, stop_sequence, end_of_text, cancelled, deadline, "

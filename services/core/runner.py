@@ -68,11 +68,34 @@ class OnnxRunner:
         self.output_names = [o.name for o in self._session.get_outputs()]
         log.info("loaded %s on %s", path, self.provider)
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, stop: RunStop | None = None
+    ) -> list[np.ndarray]:
+        """The outputs; raises RunStopped once `stop` was requested while it ran, ModelFailure for anything else."""
         try:
-            return list(self._session.run(list(outputs) if outputs else None, dict(feeds)))
+            return list(self._session.run(list(outputs) if outputs else None, dict(feeds), stop and stop.options))
         except Exception as error:
+            if stop is not None and stop.requested:
+                raise RunStopped() from error
             raise ModelFailure(f"onnxruntime run failed: {error}") from error
+
+
+class RunStopped(Exception):
+    """A run given up on request (RunStop); its outputs never existed, so nothing it would have changed did."""
+
+
+class RunStop:
+    """Lets another thread stop one run in progress: onnxruntime checks between graph nodes and gives up."""
+
+    def __init__(self) -> None:
+        self.options = ort.RunOptions()
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.options.terminate)
+
+    def request(self) -> None:
+        self.options.terminate = True
 
 
 class FailureStreak:

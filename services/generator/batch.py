@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.core.runner import RunStop
 from services.generator.decoder import DecoderRunner
 from services.generator.sequence import Sequence
 
@@ -43,11 +44,12 @@ class DecodeBatch:
         logits, present = decoder.forward(ids, mask, positions, decoder.empty_past(len(sequences)))
         return cls(sequences, mask, present, mask.sum(axis=1)), logits
 
-    def decode(self, decoder: DecoderRunner) -> np.ndarray:
-        """Feed every row's last token; the cache grows by one column. Returns next-token logits per row."""
+    def decode(self, decoder: DecoderRunner, stop: RunStop | None = None) -> np.ndarray:
+        """Feed every row's last token; the cache grows by one column. Returns next-token logits per row. A
+        stopped run (RunStopped) leaves the batch as it was."""
         tokens = np.array([[s.last_token] for s in self.sequences], np.int64)
         mask = np.concatenate([self.mask, np.ones((len(self.sequences), 1), np.int64)], axis=1)
-        logits, present = decoder.forward(tokens, mask, self.positions[:, None], self.past)
+        logits, present = decoder.forward(tokens, mask, self.positions[:, None], self.past, stop)
         self.mask, self.past, self.positions = mask, present, self.positions + 1
         return logits
 

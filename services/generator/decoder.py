@@ -10,7 +10,7 @@ import numpy as np
 
 from services.core.errors import ModelFailure
 from services.core.manifest import Manifest
-from services.core.runner import OnnxRunner
+from services.core.runner import OnnxRunner, RunStop
 
 
 class DecoderRunner:
@@ -32,10 +32,15 @@ class DecoderRunner:
         return [np.zeros(shape, self.kv_dtype) for _ in self._past_names]
 
     def forward(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[np.ndarray],
+        stop: RunStop | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits of each row's last position [batch, vocab], present key/values)."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feeds.update(zip(self._past_names, past, strict=True))
-        logits, *present = self.runner.run(feeds, self._outputs)
+        logits, *present = self.runner.run(feeds, self._outputs, stop)
         return logits[:, -1, :], present

@@ -4,8 +4,10 @@ One asyncio task per model runs the loop schedule -> step -> update:
 - schedule (event loop): drop cancelled and expired waiting requests, admit waiting ones within the budgets;
 - step (worker thread): ONE forward pass, sampling and detokenizing per sequence. A prefill of the admitted
   sequences whenever any could be admitted (their first tokens are published at once), else a decode for every
-  running sequence, which the prefilled ones join first. Prefills go first (as in TGI) so that a new request waits
-  for at most the step in progress and its own prefill; free slots bound how many come between two decodes;
+  running sequence, which the prefilled ones join first. Prefills go first (as in TGI), and a request that finds
+  a free slot stops the decode in progress (onnxruntime gives up between graph nodes; the batch is left as it was
+  and decoded again after the prefill), so that it waits for its own prefill only. Never two decodes in a row are
+  stopped, so decoding always advances; free slots bound how many prefills come between two decodes;
 - update (event loop): publish text deltas to the callers; finished and cancelled sequences leave the batch
   before the next step and free their slot and cache.
 The loop and the worker strictly alternate, so the batch and the sequences are never touched by both at once.
@@ -26,7 +28,7 @@ import numpy as np
 
 from services.core import metrics
 from services.core.errors import DeadlineExceeded, ModelFailure, QueueFull, Unavailable
-from services.core.runner import FailureStreak
+from services.core.runner import FailureStreak, RunStop, RunStopped
 from services.generator.batch import DecodeBatch
 from services.generator.decoder import DecoderRunner
 from services.generator.sequence import Sequence, TextDelta
@@ -64,6 +66,8 @@ class ContinuousScheduler:
         self._running: list[Sequence] = []
         self._batch: DecodeBatch | None = None
         self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
+        self._decode_stop: RunStop | None = None  # set while a decode that a newcomer may stop is running
+        self._may_stop_decode = True  # false right after a stopped decode
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")
         self._task: asyncio.Task[None] | None = None
@@ -93,6 +97,8 @@ class ContinuousScheduler:
             )
         self._waiting.append(sequence)
         self._wakeup.set()
+        if self._decode_stop is not None and self.running < self._budgets.max_running_sequences:
+            self._decode_stop.request()
 
     def cancel(self, sequence: Sequence) -> None:
         """The caller went away: the sequence leaves at the next step (or the queue, if it never started)."""
@@ -124,12 +130,23 @@ class ContinuousScheduler:
                     await self._wakeup.wait()
                 continue
             self._running.extend(admitted)
-            step = functools.partial(self._prefill, admitted) if admitted else self._decode
+            if admitted:
+                step = functools.partial(self._prefill, admitted)
+            else:
+                self._decode_stop = RunStop() if self._may_stop_decode else None
+                step = functools.partial(self._decode, self._decode_stop)
             try:
                 deltas = await loop.run_in_executor(self._worker, step)
+            except RunStopped:
+                metrics.STOPPED_STEPS.labels(SERVICE, self._label).inc()
+                self._may_stop_decode = False
+                continue
             except ModelFailure as failure:
                 self._fail_running(failure)
                 continue
+            finally:
+                self._decode_stop = None
+            self._may_stop_decode = True
             self._failures.succeeded()
             self._publish(deltas)
             # Let callers' handlers run (stream writes, cancellations) between steps.
@@ -189,9 +206,9 @@ class ContinuousScheduler:
         self._joining.append(joining)
         return deltas
 
-    def _decode(self) -> list[tuple[Sequence, TextDelta]]:
+    def _decode(self, stop: RunStop | None) -> list[tuple[Sequence, TextDelta]]:
         """Worker thread: merge the sequences prefilled since the last decode, drop finished and cancelled rows,
-        and decode one token for every other row."""
+        and decode one token for every other row (unless `stop` is requested first: RunStopped)."""
         parts = [b for b in (self._batch, *self._joining) if b is not None]
         kept = [k for b in parts if (k := b.filter([i for i, s in enumerate(b.sequences) if s.active])) is not None]
         self._joining = []
@@ -199,7 +216,7 @@ class ContinuousScheduler:
         deltas: list[tuple[Sequence, TextDelta]] = []
         if batch is not None:
             started = time.perf_counter()
-            logits = batch.decode(self._decoder)
+            logits = batch.decode(self._decoder, stop)
             self._observe_step("decode", started)
             metrics.BATCH_SIZE.labels(SERVICE, self._label).observe(len(batch.sequences))
             metrics.BATCH_OCCUPANCY.labels(SERVICE, self._label).observe(

@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from ecomserve.generator.v1 import generator_pb2 as pb
 from ecomserve.generator.v1 import generator_pb2_grpc
 from prometheus_client import REGISTRY
 
+from services.core.runner import RunStop, RunStopped
+from services.generator.batch import DecodeBatch
+from services.generator.model import Prompt
+from services.generator.sampling import SamplingParams
+from services.generator.sequence import Sequence
 from tests.integration.conftest import generator_stub_for
 
 PROMPTS = (
@@ -103,6 +109,38 @@ async def test_a_sequence_decodes_the_same_while_others_join_and_leave(generator
             "ecomserve_batch_size_bucket", model="llama/1", le="1.0"
         )
         assert shared_after > shared_before, "the sequences never shared a decode step"
+
+
+async def test_a_stopped_decode_leaves_the_batch_as_it_was(generator) -> None:
+    """The scheduler stops a decode in progress for a newcomer's prefill; decoding again must give what the
+    stopped step would have given."""
+    async with generator() as app:
+        _, model = app.registry.get("llama")
+        params = SamplingParams(max_new_tokens=4, seed=0)
+
+        def prefilled() -> DecodeBatch:
+            sequences = [
+                Sequence(
+                    model.encode(Prompt(text=p)),
+                    params,
+                    model.tokenizer,
+                    model.eos_ids,
+                    model.vocab_size,
+                    model.max_sequence_length,
+                )
+                for p in PROMPTS
+            ]
+            return DecodeBatch.prefill(model.decoder, sequences, model.pad_id)[0]
+
+        batch = prefilled()
+        mask, past, positions = batch.mask.copy(), [t.copy() for t in batch.past], batch.positions.copy()
+        stop = RunStop()
+        stop.request()
+        with pytest.raises(RunStopped):
+            batch.decode(model.decoder, stop)
+        assert np.array_equal(batch.mask, mask) and np.array_equal(batch.positions, positions)
+        assert all(np.array_equal(a, b) for a, b in zip(batch.past, past, strict=True))
+        np.testing.assert_array_equal(batch.decode(model.decoder), prefilled().decode(model.decoder))
 
 
 async def test_stop_sequence_split_across_tokens_is_never_streamed(generator) -> None:
