@@ -144,6 +144,10 @@ class ContinuousScheduler:
             except ModelFailure as failure:
                 self._fail_running(failure)
                 continue
+            except Exception as error:  # a bug in a step fails its sequences, not the loop that serves the rest
+                log.exception("%s: step failed unexpectedly", self._label)
+                self._fail_running(ModelFailure(f"unexpected {error!r}"))
+                continue
             finally:
                 self._decode_stop = None
             self._may_stop_decode = True
