@@ -4,10 +4,10 @@ One asyncio task per model runs the loop schedule -> step -> update:
 - schedule (event loop): drop cancelled and expired waiting requests, admit waiting ones within the budgets;
 - step (worker thread): ONE forward pass, sampling and detokenizing per sequence. A prefill of the admitted
   sequences whenever any could be admitted (their first tokens are published at once), else a decode for every
-  running sequence, which the prefilled ones join first. Prefills go first (as in TGI), and a request that finds
-  a free slot stops the decode in progress (onnxruntime gives up between graph nodes; the batch is left as it was
-  and decoded again after the prefill), so that it waits for its own prefill only. Never two decodes in a row are
-  stopped, so decoding always advances; free slots bound how many prefills come between two decodes;
+  running sequence, which the prefilled ones join first. Prefills go first (as in TGI), and a request that would
+  be admitted at once stops the decode in progress (onnxruntime gives up between graph nodes; the batch is left
+  as it was and decoded again after the prefill), so that it waits for its own prefill only. Never two decodes
+  in a row are stopped, so decoding always advances; free slots bound how many prefills come between two decodes;
 - update (event loop): publish text deltas to the callers; finished and cancelled sequences leave the batch
   before the next step and free their slot and cache.
 The loop and the worker strictly alternate, so the batch and the sequences are never touched by both at once.
@@ -97,8 +97,18 @@ class ContinuousScheduler:
             )
         self._waiting.append(sequence)
         self._wakeup.set()
-        if self._decode_stop is not None and self.running < self._budgets.max_running_sequences:
+        if self._decode_stop is not None and self._starts_at_once(sequence):
             self._decode_stop.request()
+
+    def _starts_at_once(self, sequence: Sequence) -> bool:
+        """Whether the next step would prefill `sequence`: first in line, a free slot, room in the token budget."""
+        active = [s for s in self._running if s.active]
+        reserved = sum(s.reserved_tokens for s in active) + sequence.reserved_tokens
+        return (
+            len(self._waiting) == 1
+            and len(active) < self._budgets.max_running_sequences
+            and reserved <= self._budgets.max_batch_total_tokens
+        )
 
     def cancel(self, sequence: Sequence) -> None:
         """The caller went away: the sequence leaves at the next step (or the queue, if it never started)."""
