@@ -67,7 +67,7 @@ class ContinuousScheduler:
         self._batch: DecodeBatch | None = None
         self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
         self._decode_stop: RunStop | None = None  # set while a decode that a newcomer may stop is running
-        self._may_stop_decode = True  # false right after a stopped decode
+        self._may_stop_decode = True  # false from a stopped decode until a decode goes through
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")
         self._task: asyncio.Task[None] | None = None
@@ -160,7 +160,8 @@ class ContinuousScheduler:
                 continue
             finally:
                 self._decode_stop = None
-            self._may_stop_decode = True
+            if not admitted:
+                self._may_stop_decode = True  # a decode went through; the next one may be stopped again
             self._failures.succeeded()
             self._publish(deltas)
             # Let callers' handlers run (stream writes, cancellations) between steps.
