@@ -127,10 +127,7 @@ def _traced_attention(model: Any) -> Iterator[None]:
     """Trace grouped-query models with `_grouped_query_attention`; the parity checks then compare the graph with
     the model's own attention."""
     config = model.config
-    grouped = config.model_type in GROUPED_QUERY_ARCHITECTURES and getattr(
-        config, "num_key_value_heads", config.num_attention_heads
-    ) < getattr(config, "num_attention_heads", 0)
-    if not grouped:
+    if config.model_type not in GROUPED_QUERY_ARCHITECTURES or config.num_key_value_heads >= config.num_attention_heads:
         yield
         return
     original = config._attn_implementation

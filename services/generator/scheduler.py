@@ -103,11 +103,14 @@ class ContinuousScheduler:
     def _starts_at_once(self, sequence: Sequence) -> bool:
         """Whether the next step would prefill `sequence`: first in line, a free slot, room in the token budget."""
         active = [s for s in self._running if s.active]
-        reserved = sum(s.reserved_tokens for s in active) + sequence.reserved_tokens
+        return len(self._waiting) == 1 and self._has_room(len(active), sum(s.reserved_tokens for s in active), sequence)
+
+    def _has_room(self, running: int, reserved_tokens: int, sequence: Sequence) -> bool:
+        """Whether `sequence` may join `running` sequences that reserve `reserved_tokens` of the token budget."""
+        budgets = self._budgets
         return (
-            len(self._waiting) == 1
-            and len(active) < self._budgets.max_running_sequences
-            and reserved <= self._budgets.max_batch_total_tokens
+            running < budgets.max_running_sequences
+            and reserved_tokens + sequence.reserved_tokens <= budgets.max_batch_total_tokens
         )
 
     def cancel(self, sequence: Sequence) -> None:
@@ -177,7 +180,6 @@ class ContinuousScheduler:
 
     def _admit(self, now: float) -> list[Sequence]:
         """Waiting sequences that fit the budgets, oldest first (no overtaking, so none starves)."""
-        budgets = self._budgets
         reserved = sum(s.reserved_tokens for s in self._running)
         admitted: list[Sequence] = []
         widest = 0
@@ -195,10 +197,8 @@ class ContinuousScheduler:
                 self._count_finish("deadline")
                 continue
             width = max(widest, len(sequence.prompt_ids))
-            if (
-                len(self._running) + len(admitted) >= budgets.max_running_sequences
-                or reserved + sequence.reserved_tokens > budgets.max_batch_total_tokens
-                or (admitted and width * (len(admitted) + 1) > budgets.max_prefill_tokens)
+            if not self._has_room(len(self._running) + len(admitted), reserved, sequence) or (
+                admitted and width * (len(admitted) + 1) > self._budgets.max_prefill_tokens
             ):
                 break
             self._waiting.popleft()
