@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from services.core.config import knob, require, require_server_knobs
+from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,9 @@ class ClassifierConfig:
         0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
-    max_connection_age_s: float = knob(
-        300.0,
-        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
-        "traffic; 0: never)",
-    )
+    max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
-    log_level: str = knob("info", "debug, info, warning or error")
+    log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

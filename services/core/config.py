@@ -74,6 +74,20 @@ def describe(config: Any) -> str:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def max_connection_age_knob() -> Any:
+    """The max_connection_age_s knob every service has (checked by require_server_knobs)."""
+    return knob(
+        300.0,
+        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
+        "traffic; 0: never)",
+    )
+
+
+def log_level_knob() -> Any:
+    """The log_level knob every service has (checked by require_server_knobs)."""
+    return knob("info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+
+
 def require_server_knobs(config: Any) -> None:
     """The checks of the knobs every service has: port, metrics_port, max_connection_age_s, grace_period_s and
     log_level (called from each config's __post_init__)."""

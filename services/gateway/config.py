@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.config import knob, require, require_server_knobs
+from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -54,13 +54,9 @@ class GatewayConfig:
     max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
     tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
     tls_key_file: str = knob("", "PEM private key of --tls-cert-file")
-    max_connection_age_s: float = knob(
-        300.0,
-        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
-        "traffic; 0: never)",
-    )
+    max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
-    log_level: str = knob("info", "debug, info, warning or error")
+    log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.core.config import knob, require, require_server_knobs
+from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,9 @@ class GeneratorConfig:
     max_stop_sequences: int = knob(8, "most stop sequences per request")
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
-    max_connection_age_s: float = knob(
-        300.0,
-        "close client connections after this long (they reconnect at once and re-resolve DNS, so new replicas get "
-        "traffic; 0: never)",
-    )
+    max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
-    log_level: str = knob("info", "debug, info, warning or error")
+    log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)
