@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -158,7 +158,9 @@ class ClassifierModel:
             for probs, (item, truncated) in zip(probabilities, encoded, strict=True)
         ]
 
-    async def predict_batch(self, items: list[ClassifyItem]) -> list[np.ndarray | BaseException]:
+    def predict_batch(self, items: list[ClassifyItem]) -> Awaitable[list[np.ndarray | BaseException]]:
+        """Hand the batch's runs to the inference threads now, on the loop, and return an awaitable of the
+        probabilities per item (the batcher delivers the previous batch's results while these run)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         queue_duration = metrics.QUEUE_DURATION.labels(SERVICE, self._label)
@@ -166,15 +168,19 @@ class ClassifierModel:
             queue_duration.observe(started - item.queued_at)
         lengths = [item.length for item in items]
         runs = spread(length_groups(lengths, self.run_overhead_tokens), lengths, self._inference_threads)
+        running = [loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs]
+        return self._collect(runs, running, len(items))
+
+    async def _collect(
+        self, runs: list[list[int]], running: list[asyncio.Future[list[np.ndarray]]], count: int
+    ) -> list[np.ndarray | BaseException]:
         try:
-            outputs = await asyncio.gather(
-                *(loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs)
-            )
+            outputs = await asyncio.gather(*running)
         except ModelFailure as failure:  # counted per batch, on the loop: the runs of one batch fail together
             self._failures.failed(failure)
             raise
         self._failures.succeeded()
-        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
+        results: list[np.ndarray | BaseException] = [np.empty(0)] * count
         for run, probabilities in zip(runs, outputs, strict=True):
             for index, row in zip(run, probabilities, strict=True):
                 results[index] = row

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from services.core.errors import DeadlineExceeded, QueueFull, Unavailable
 
@@ -40,6 +40,9 @@ class DynamicBatcher(Generic[I, O]):
     - Items whose caller cancelled leave the queue at once; items whose deadline passed are failed with
       DeadlineExceeded before they run. A cancelled caller's future never receives a result.
     - Up to `max_concurrent_batches` handler calls run at once (1: the next batch forms while one runs).
+      `handle_batch` is called on the loop the moment its batch closes, and a batch's slot is freed before its
+      results are delivered: a handler that starts its work before returning its awaitable (submits it to an
+      executor) has the next batch running while the loop answers the callers of the last one.
     - `start()` launches the background task; `aclose()` stops admitting (Unavailable), runs what is queued,
       then stops.
     """
@@ -132,11 +135,11 @@ class DynamicBatcher(Generic[I, O]):
                 continue
             await self._wait_until_batch_closes(loop)
             await self._slots.acquire()
-            batch = self._take_batch(loop.time())
-            if not batch:
+            live = [p for p in self._take_batch(loop.time()) if not p.future.done()]
+            if not live:
                 self._slots.release()
                 continue
-            task = loop.create_task(self._execute(batch))
+            task = loop.create_task(self._complete(live, self._start(live)))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -172,23 +175,29 @@ class DynamicBatcher(Generic[I, O]):
             del self._queue[pending.key]
         return waiting
 
-    async def _execute(self, batch: list[_Pending[I, O]]) -> None:
+    def _start(self, batch: list[_Pending[I, O]]) -> Awaitable[Sequence[O | BaseException]]:
         try:
-            live = [p for p in batch if not p.future.done()]
-            if not live:
-                return
-            try:
-                results: Sequence[O | BaseException] = await self._handle_batch([p.item for p in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} items")
-            except Exception as error:  # the whole batch failed: every caller learns why
-                results = [error] * len(live)
-            for pending, result in zip(live, results, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+            return self._handle_batch([p.item for p in batch])
+        except Exception as error:  # raised before it returned an awaitable: fail the batch the same way
+            return _failed(error)
+
+    async def _complete(self, batch: list[_Pending[I, O]], running: Awaitable[Sequence[O | BaseException]]) -> None:
+        try:
+            results: Sequence[O | BaseException] = await running
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+        except Exception as error:  # the whole batch failed: every caller learns why
+            results = [error] * len(batch)
         finally:
-            self._slots.release()
+            self._slots.release()  # before delivering: the next batch starts ahead of the callers' wake-ups
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+
+async def _failed(error: Exception) -> Sequence[Any]:
+    raise error

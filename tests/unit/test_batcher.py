@@ -130,3 +130,41 @@ async def test_aclose_runs_queued_items_then_refuses_new_ones() -> None:
     assert await queued == [10, 20, 30]
     with pytest.raises(Unavailable):
         await batcher.submit(4)
+
+
+async def test_the_next_batch_starts_before_the_last_batch_is_delivered() -> None:
+    """A handler that starts its work when called (as the classifier's does) has batch 2 running before batch 1's
+    callers resume: the slot is freed and the next batch taken ahead of the deliveries."""
+    events: list[str] = []
+
+    def handler(items: list[int]) -> asyncio.Future[list[int]]:
+        events.append(f"start {items}")
+        done = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, done.set_result, [i * 10 for i in items])
+        return done
+
+    async def caller(item: int) -> None:
+        assert await batcher.submit(item) == item * 10
+        events.append(f"done {item}")
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(handler, max_batch_size=1, max_wait_s=0.0, max_queue_size=4)
+    batcher.start()
+    await asyncio.wait_for(asyncio.gather(caller(1), caller(2)), 1.0)
+    assert events == ["start [1]", "start [2]", "done 1", "done 2"]
+    await batcher.aclose()
+
+
+async def test_a_handler_that_raises_when_called_fails_its_batch_only() -> None:
+    def handler(items: list[int]) -> asyncio.Future[list[int]]:
+        if items == [1]:
+            raise RuntimeError("cannot start")
+        done = asyncio.get_running_loop().create_future()
+        done.set_result([i * 10 for i in items])
+        return done
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(handler, max_batch_size=1, max_wait_s=0.0, max_queue_size=4)
+    batcher.start()
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await batcher.submit(1)
+    assert await batcher.submit(2) == 20
+    await batcher.aclose()
