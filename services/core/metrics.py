@@ -138,6 +138,12 @@ BACKEND_DURATION = Histogram(
     ["backend", "method"],
     buckets=LATENCY_BUCKETS,
 )
+COALESCED_TEXTS = Histogram(
+    "ecomserve_backend_coalesced_texts",
+    "Texts per gateway -> backend call that carries several callers' messages (RouteMessage's Classify).",
+    ["backend", "method"],
+    buckets=BATCH_BUCKETS,
+)
 BACKEND_RETRIES = Counter(
     "ecomserve_backend_retries_total",
     "Attempts the gateway's channel retried (UNAVAILABLE from a replica) before a replica answered.",

@@ -54,13 +54,18 @@ class GatewayApp:
         if config.generator.strip():
             self.backends.append(backend("generator", config.generator, GENERATOR_SERVICE))
         templates = PromptTemplates.load(Path(config.templates))
-        operations = GatewayOperations(
+        self.operations = operations = GatewayOperations(
             classifier=self.backends[0],
             generator=self.backends[1] if len(self.backends) > 1 else None,
             generator_model=config.generator_model,
             routing=RoutingTable.load(Path(config.routing_file)),
             templates=templates,
-            limits=OperationLimits(config.max_text_chars, config.max_texts_per_request),
+            limits=OperationLimits(
+                config.max_text_chars,
+                config.max_texts_per_request,
+                route_max_texts_per_call=config.route_max_texts_per_call,
+                route_max_calls=config.route_calls,
+            ),
         )
         admission = Admission(keys, RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
         servicer = GatewayServicer(operations, admission)
@@ -85,9 +90,15 @@ class GatewayApp:
                 _ssl_context(config) if cert else None,
             )
         self._watchers: list[asyncio.Task[None]] = []
+        log.info(
+            "RouteMessage: up to %d Classify calls in flight, %d messages each",
+            config.route_calls,
+            config.route_max_texts_per_call,
+        )
         log.info("prompt templates: %s", ", ".join(templates.operations()) or "none")
 
     async def load(self) -> None:
+        self.operations.start()
         for backend in self.backends:
             log.info("%s backend: %s", backend.name, backend.target)
             self._watchers.append(asyncio.create_task(backend.watch(self.server.refresh_health)))
@@ -101,6 +112,7 @@ class GatewayApp:
         await asyncio.gather(*self._watchers, return_exceptions=True)
         if self.http is not None:
             await self.http.aclose()
+        await self.operations.aclose()
         for backend in self.backends:
             await backend.aclose()
 

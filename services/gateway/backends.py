@@ -56,6 +56,20 @@ def channel_target(addresses: str) -> str:
     return f"{families.pop()}:{','.join(address for _, address in resolved)}"
 
 
+def listed_replicas(addresses: str) -> int | None:
+    """How many replicas `addresses` names, when the list says: a comma-separated list (one replica each, see
+    channel_target) or a single IP address. None for a name the channel resolves itself (dns:///, a hostname),
+    which may stand for any number of replicas."""
+    entries = [address.strip() for address in addresses.split(",") if address.strip()]
+    if len(entries) > 1:
+        return len(entries)
+    try:
+        ipaddress.ip_address(entries[0].rpartition(":")[0].strip("[]"))
+    except ValueError:
+        return None
+    return 1
+
+
 def _resolve(address: str) -> tuple[str, str]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -152,7 +166,7 @@ class Backend:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            pending = rpc(request, timeout=self._timeout(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+            pending = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
             return response
@@ -165,7 +179,7 @@ class Backend:
     async def stream(self, method: str, rpc: Any, request: Any, call: CallContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        responses = rpc(request, timeout=self._timeout(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+        responses = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
         try:
             async for response in responses:
                 yield response
@@ -183,7 +197,8 @@ class Backend:
     async def aclose(self) -> None:
         await self.channel.close()
 
-    def _timeout(self, call: CallContext) -> float:
+    def remaining_time(self, call: CallContext) -> float:
+        """Seconds the backend may take for `call`: its deadline less the margin (or the default timeout)."""
         if call.deadline is None:
             return self._default_timeout_s
         remaining = call.deadline - asyncio.get_running_loop().time() - self._margin_s

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
+from services.gateway.backends import listed_replicas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# RouteMessage's calls in flight by default: two per replica keep each one's next batch queued while one runs.
+ROUTE_CALLS_PER_REPLICA = 2
+ROUTE_CALLS_UNLISTED = 16
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,17 @@ class GatewayConfig:
     )
     max_text_chars: int = knob(4000, "longest customer message or text, in characters")
     max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
+    route_max_calls: int = knob(
+        0,
+        "RouteMessage's Classify calls in flight at once; messages that arrive while all are busy go out together "
+        f"in the next call (0: {ROUTE_CALLS_PER_REPLICA} per replica of a --classifier list, "
+        f"{ROUTE_CALLS_UNLISTED} for a name such as dns:///, whose replicas are not known)",
+    )
+    route_max_texts_per_call: int = knob(
+        32,
+        "most messages in one of RouteMessage's Classify calls (at most the classifiers' max_texts_per_request; "
+        "1: a call per message)",
+    )
     tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
     tls_key_file: str = knob("", "PEM private key of --tls-cert-file")
     max_connection_age_s: float = max_connection_age_knob()
@@ -69,10 +84,23 @@ class GatewayConfig:
         require(1 <= self.max_attempts <= 5, f"max_attempts must be 1..5 (gRPC's limit), got {self.max_attempts}")
         require(self.max_text_chars >= 1, f"max_text_chars must be >= 1, got {self.max_text_chars}")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
+        require(self.route_max_calls >= 0, f"route_max_calls must be >= 0, got {self.route_max_calls}")
+        require(
+            self.route_max_texts_per_call >= 1,
+            f"route_max_texts_per_call must be >= 1, got {self.route_max_texts_per_call}",
+        )
         require(
             bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_cert_file and tls_key_file must be given together",
         )
+
+    @property
+    def route_calls(self) -> int:
+        """route_max_calls, with 0 resolved against the --classifier replicas."""
+        if self.route_max_calls:
+            return self.route_max_calls
+        replicas = listed_replicas(self.classifier)
+        return ROUTE_CALLS_UNLISTED if replicas is None else ROUTE_CALLS_PER_REPLICA * replicas
 
     @property
     def address(self) -> str:

@@ -16,6 +16,7 @@ from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
 from services.core import errors
 from services.gateway.backends import Backend, CallContext
+from services.gateway.coalescing import MessageClassifier
 from services.gateway.routing import RoutingTable
 from services.gateway.templates import PromptTemplate, PromptTemplates
 
@@ -41,6 +42,8 @@ DEFAULT_TONE = "friendly"
 class OperationLimits:
     max_text_chars: int
     max_texts_per_request: int
+    route_max_texts_per_call: int
+    route_max_calls: int
 
 
 class GatewayOperations:
@@ -56,6 +59,9 @@ class GatewayOperations:
         limits: OperationLimits,
     ) -> None:
         self._classifier = classifier
+        self._messages = MessageClassifier(
+            classifier, routing, max_texts_per_call=limits.route_max_texts_per_call, max_calls=limits.route_max_calls
+        )
         self._classify = classifier_pb2_grpc.ClassifierServiceStub(classifier.channel).Classify
         self._generator = generator
         self._generator_model = generator_model
@@ -64,27 +70,30 @@ class GatewayOperations:
         self._templates = templates
         self._limits = limits
 
+    def start(self) -> None:
+        """Inside the event loop, before the first call."""
+        self._messages.start()
+
+    async def aclose(self) -> None:
+        """Once no call arrives any more: sends what is queued."""
+        await self._messages.aclose()
+
     async def route_message(
         self, request: gateway_pb2.RouteMessageRequest, call: CallContext
     ) -> gateway_pb2.RouteMessageResponse:
         self._require_text("message", request.message)
         _limit("channel", request.channel, MAX_CHANNEL_CHARS)
         _limit("locale", request.locale, MAX_LOCALE_CHARS)
-        routing = self._routing
-        # A long message is cut to the model's length rather than refused: routing must not fail on it.
-        classify = classifier_pb2.ClassifyRequest(
-            model=routing.model, texts=[request.message], top_k=routing.top_k, truncate=True
-        )
-        response = await self._classifier.unary("Classify", self._classify, classify, call)
-        labels = response.results[0].labels
-        route = routing.decide(labels[0].label, labels[0].score)
+        classified = await self._messages.classify(request.message, call)
+        best = classified.labels[0]
+        route = self._routing.decide(best.label, best.score)
         return gateway_pb2.RouteMessageResponse(
             queue=route.queue,
-            intents=[gateway_pb2.LabelScore(label=label.label, score=label.score) for label in labels],
+            intents=[gateway_pb2.LabelScore(label=label.label, score=label.score) for label in classified.labels],
             triaged=route.triaged,
             reason=route.reason,
-            model=response.model,
-            model_version=response.version,
+            model=classified.model,
+            model_version=classified.version,
         )
 
     async def classify_texts(

@@ -1,0 +1,84 @@
+"""MessageClassifier: RouteMessage's classifications, coalesced into shared Classify calls.
+
+Every RouteMessage classifies one text with the same model, top_k and truncation. Sent one by one, each message
+costs a gRPC call on the gateway's client side and on the classifier's server side, and on a busy CPU those calls
+cost more than the gateway's own work. So messages queue in a DynamicBatcher while `max_calls` Classify calls are
+in flight, and the messages that queued meanwhile go out together as one call (the classifier batches its texts
+with everything else it has). A message that finds a call slot free goes out at once, alone: coalescing never
+waits to fill a call, it only groups messages that would have waited anyway.
+
+A coalesced call carries every message's request id and the latest of their deadlines; each caller still waits
+no longer than its own deadline (minus the gateway's margin), and a backend error reaches every caller of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+
+from services.core import errors, metrics
+from services.core.batcher import DynamicBatcher
+from services.gateway.backends import Backend, CallContext
+from services.gateway.routing import RoutingTable
+
+# Messages waiting for a call slot; past it RouteMessage answers RESOURCE_EXHAUSTED (the rate limits per API key
+# normally stop a flood well before).
+MAX_WAITING_MESSAGES = 10_000
+
+
+@dataclass(frozen=True)
+class ClassifiedMessage:
+    labels: list[classifier_pb2.LabelScore]  # best first, at most the routing table's top_k
+    model: str
+    version: int
+
+
+class MessageClassifier:
+    """`classify(text, call)` for RouteMessage; `start` inside the event loop, `aclose` when the gateway stops
+    (messages already queued are still sent)."""
+
+    def __init__(self, backend: Backend, routing: RoutingTable, *, max_texts_per_call: int, max_calls: int) -> None:
+        self._backend = backend
+        self._rpc = classifier_pb2_grpc.ClassifierServiceStub(backend.channel).Classify
+        self._routing = routing
+        self._batcher: DynamicBatcher[tuple[str, CallContext], ClassifiedMessage] = DynamicBatcher(
+            self._classify_together,
+            max_batch_size=max_texts_per_call,
+            max_wait_s=0.0,
+            max_queue_size=MAX_WAITING_MESSAGES,
+            max_concurrent_batches=max_calls,
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def aclose(self) -> None:
+        await self._batcher.aclose()
+
+    async def classify(self, text: str, call: CallContext) -> ClassifiedMessage:
+        if call.deadline is None:
+            return await self._batcher.submit((text, call))
+        timeout = self._backend.remaining_time(call)
+        try:
+            return await asyncio.wait_for(self._batcher.submit((text, call), call.deadline), timeout)
+        except TimeoutError:
+            raise errors.DeadlineExceeded(
+                f"deadline exceeded while the {self._backend.name} backend worked on the request"
+            ) from None
+
+    async def _classify_together(self, messages: list[tuple[str, CallContext]]) -> list[ClassifiedMessage]:
+        deadlines = [call.deadline for _, call in messages]
+        together = CallContext(
+            caller=",".join(sorted({call.caller for _, call in messages})),
+            request_id=",".join(call.request_id for _, call in messages),
+            deadline=None if None in deadlines else max(d for d in deadlines if d is not None),
+        )
+        # A long message is cut to the model's length rather than refused: routing must not fail on it.
+        request = classifier_pb2.ClassifyRequest(
+            model=self._routing.model, texts=[text for text, _ in messages], top_k=self._routing.top_k, truncate=True
+        )
+        metrics.COALESCED_TEXTS.labels(self._backend.name, "Classify").observe(len(messages))
+        response = await self._backend.unary("Classify", self._rpc, request, together)
+        return [ClassifiedMessage(list(result.labels), response.model, response.version) for result in response.results]

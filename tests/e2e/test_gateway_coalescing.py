@@ -1,0 +1,101 @@
+"""RouteMessage calls that arrive together share Classify calls to the classifier; each caller still gets the
+classification of its own message, and its own deadline."""
+
+from __future__ import annotations
+
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.launcher import free_port
+from tests.e2e.conftest import API_KEY, Launcher
+from tests.fixtures import WORDS
+
+pytestmark = pytest.mark.e2e
+
+CALLERS = 24
+
+
+def messages(count: int) -> list[str]:
+    """Distinct messages of varied length, so that a mixed-up answer shows."""
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 + i % 9)) for i in range(count)]
+
+
+def samples(port: int, name: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(name)
+    }
+
+
+def route_together(address: str, texts: list[str], timeouts: list[float]) -> list[object]:
+    """RouteMessage for every text at once (one thread per caller); each result is the response or the error."""
+    with grpc.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+
+        def route(index: int) -> object:
+            request = gateway_pb2.RouteMessageRequest(message=texts[index])
+            metadata = (("x-api-key", API_KEY), ("x-request-id", f"caller-{index}"))
+            try:
+                return stub.RouteMessage(request, metadata=metadata, timeout=timeouts[index])
+            except grpc.RpcError as error:
+                return error
+
+        with ThreadPoolExecutor(len(texts)) as pool:
+            return list(pool.map(route, range(len(texts))))
+
+
+def test_concurrent_messages_share_calls_and_each_gets_its_own_answer(launcher: Launcher, model_repo: Path) -> None:
+    # Routing with the fp32 model: int8 models quantize activations per run, so their scores move by ~1e-3 with
+    # whatever else shares the batch.
+    metrics_port = free_port()
+    classifier = launcher.start("services.classifier", "--models", str(model_repo), "--model-names", "sentiment")
+    gateway = launcher.gateway(
+        [classifier], None, "--route-max-calls", "1", "--metrics-port", str(metrics_port), routing_model="sentiment"
+    )
+    classifier.wait_serving()
+    gateway.wait_serving()
+    texts = messages(CALLERS)
+    with grpc.insecure_channel(classifier.address) as channel:
+        classify = classifier_pb2_grpc.ClassifierServiceStub(channel).Classify
+        expected = [
+            classify(classifier_pb2.ClassifyRequest(model="sentiment", texts=[text], top_k=3), timeout=30).results[0]
+            for text in texts
+        ]
+
+    routed = route_together(gateway.address, texts, [30.0] * CALLERS)
+
+    for response, alone in zip(routed, expected, strict=True):
+        assert isinstance(response, gateway_pb2.RouteMessageResponse), response
+        assert [i.label for i in response.intents] == [label.label for label in alone.labels]
+        assert [i.score for i in response.intents] == pytest.approx([label.score for label in alone.labels], abs=1e-5)
+    coalesced = samples(metrics_port, "ecomserve_backend_coalesced_texts")
+    assert coalesced["ecomserve_backend_coalesced_texts_sum"] == CALLERS
+    assert coalesced["ecomserve_backend_coalesced_texts_count"] < CALLERS  # some calls carried several messages
+
+
+def test_a_short_deadline_does_not_cut_the_call_it_shares(launcher: Launcher, model_repo: Path) -> None:
+    """Callers whose deadline passes get DEADLINE_EXCEEDED; the others in the same Classify calls are answered."""
+    classifier = launcher.classifier(model_repo)
+    gateway = launcher.gateway([classifier], None, "--route-max-calls", "1", "--deadline-margin-ms", "1")
+    classifier.wait_serving()
+    gateway.wait_serving()
+    timeouts = [0.003 if index % 3 == 0 else 30.0 for index in range(CALLERS)]
+
+    routed = route_together(gateway.address, messages(CALLERS), timeouts)
+
+    for response, timeout in zip(routed, timeouts, strict=True):
+        if timeout == 30.0:
+            assert isinstance(response, gateway_pb2.RouteMessageResponse), response
+        elif isinstance(response, grpc.RpcError):
+            assert response.code() == grpc.StatusCode.DEADLINE_EXCEEDED
