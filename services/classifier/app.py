@@ -51,20 +51,23 @@ class ClassifierApp:
             max_concurrent_batches=config.max_concurrent_batches,
             inference_threads=inference_threads,
             run_overhead_tokens=config.run_overhead_tokens,
+            batch_invariant=config.batch_invariant,
         )
         for version in versions:
             model = await asyncio.to_thread(self._load_one, version, runtime, batching)
             model.start()
             self.registry.add(version.name, version.version, model)
             log.info(
-                "serving %s v%d (%d labels, max %d tokens, %s, %s, a run costs %.1f padded tokens)",
+                "serving %s v%d (%d labels, max %d tokens, %s, %s, %s)",
                 version.name,
                 version.version,
                 len(model.labels),
                 model.max_length,
                 version.manifest.quantization.get("method", "none"),
                 model.runner.provider,
-                model.run_overhead_tokens,
+                "one text per run: activations are quantized per run"
+                if model.one_text_per_run
+                else f"a run costs {model.run_overhead_tokens:.1f} padded tokens",
             )
         self.registry.ready = True
 

@@ -31,6 +31,11 @@ class ClassifierConfig:
         "fixed cost of one onnxruntime run in padded tokens: a batch is split by text length into the runs that "
         "waste least (0: measured per model at warm-up)",
     )
+    batch_invariant: bool = knob(
+        True,
+        "a text's scores never depend on what it is batched with: models that quantize activations per run (dynamic "
+        "int8) run every text on its own (--no-batch-invariant batches them: more throughput, scores that move)",
+    )
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     inference_threads: int = knob(
         0, "threads that run a batch's onnxruntime runs in parallel, per model (0: one per core; 1 on a GPU)"

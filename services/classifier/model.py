@@ -3,8 +3,10 @@
 Texts are tokenized in a thread pool when a request arrives (so their token lengths are known for bucketing),
 queued in the model's DynamicBatcher as one item each, and run through the OnnxRunner in worker threads. A batch
 is split by length into the onnxruntime runs that waste least (services.core.padding), each padded to its longest
-text; what one run costs in padded tokens is measured at warm-up unless configured. The runs of a batch go to the
-inference threads in parallel, costliest first, so one batch keeps every core busy and ends as soon as possible.
+text; what one run costs in padded tokens is measured at warm-up unless configured. Models that quantize
+activations per run (dynamic int8) get one run per text instead, so that no text's scores depend on its batch.
+The runs of a batch are shared out among the inference threads, costliest first, so one batch keeps every core
+busy and ends as soon as possible.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from services.core import metrics
 from services.core.batcher import DynamicBatcher
 from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
-from services.core.padding import length_groups, spread
+from services.core.padding import assign, length_groups, spread
 from services.core.repository import ModelVersion
 from services.core.runner import FailureStreak, OnnxRunner
 
@@ -45,6 +47,7 @@ class BatchingOptions:
     max_concurrent_batches: int
     inference_threads: int = 1
     run_overhead_tokens: float = 0.0  # 0: measured at warm-up
+    batch_invariant: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class ClassifierModel:
         self._infer_pool = ThreadPoolExecutor(batching.inference_threads, thread_name_prefix="onnx")
         self._inference_threads = batching.inference_threads
         self._failures = FailureStreak(self._label, "batches", on_fatal)
+        # A text's scores must not depend on the texts it is batched with: models that quantize activations per
+        # run get a run of their own for every text (the batch's runs still spread over the inference threads).
+        self.one_text_per_run = batching.batch_invariant and version.manifest.quantizes_activations_per_run
         self.run_overhead_tokens = batching.run_overhead_tokens
         self.batcher: DynamicBatcher[ClassifyItem, np.ndarray] = DynamicBatcher(
             self.predict_batch,
@@ -126,7 +132,7 @@ class ClassifierModel:
         measure what a run costs in padded tokens unless it was configured."""
         items = [item for item, _ in self._encode([WARMUP_TEXT] * batch_size, truncate=True)]
         self._forward(items)
-        if not self.run_overhead_tokens:
+        if not self.run_overhead_tokens and not self.one_text_per_run:
             self.run_overhead_tokens = self._measure_run_overhead(items[0])
 
     def _measure_run_overhead(self, sample: ClassifyItem) -> float:
@@ -167,15 +173,24 @@ class ClassifierModel:
         for item in items:
             queue_duration.observe(started - item.queued_at)
         lengths = [item.length for item in items]
-        runs = spread(length_groups(lengths, self.run_overhead_tokens), lengths, self._inference_threads)
-        running = [loop.run_in_executor(self._infer_pool, self._run_group, [items[i] for i in run]) for run in runs]
-        return self._collect(runs, running, len(items))
+        if self.one_text_per_run:
+            groups = [[index] for index in range(len(items))]
+        else:
+            groups = length_groups(lengths, self.run_overhead_tokens)
+        runs = spread(groups, lengths, self._inference_threads)
+        queues = assign(runs, lengths, self._inference_threads, self.run_overhead_tokens)
+        running = [
+            loop.run_in_executor(self._infer_pool, self._run_groups, [[items[i] for i in run] for run in queue])
+            for queue in queues
+        ]
+        return self._collect([run for queue in queues for run in queue], running, len(items))
 
     async def _collect(
-        self, runs: list[list[int]], running: list[asyncio.Future[list[np.ndarray]]], count: int
+        self, runs: list[list[int]], running: list[asyncio.Future[list[list[np.ndarray]]]], count: int
     ) -> list[np.ndarray | BaseException]:
+        """`runs` in the order the threads' queues list them, which is the order of their outputs."""
         try:
-            outputs = await asyncio.gather(*running)
+            outputs = [output for queue in await asyncio.gather(*running) for output in queue]
         except ModelFailure as failure:  # counted per batch, on the loop: the runs of one batch fail together
             self._failures.failed(failure)
             raise
@@ -201,17 +216,26 @@ class ClassifierModel:
             items.append((ClassifyItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
         return items
 
-    def _run_group(self, items: list[ClassifyItem]) -> list[np.ndarray]:
-        """One onnxruntime run, recorded in the batch metrics."""
+    def _run_groups(self, runs: list[list[ClassifyItem]]) -> list[list[np.ndarray]]:
+        """One inference thread's share of a batch: onnxruntime runs one after the other, each recorded in the
+        batch metrics."""
         labels = (SERVICE, self._label)
-        started = time.perf_counter()
-        probabilities, padding_efficiency = self._forward(items)
-        metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.labels(*labels).observe(len(items))
-        metrics.BATCHES.labels(*labels).inc()
-        metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
-        metrics.PADDING_EFFICIENCY.labels(*labels).observe(padding_efficiency)
-        return probabilities
+        inference, sizes, efficiency = (
+            metrics.INFERENCE_DURATION.labels(*labels),
+            metrics.BATCH_SIZE.labels(*labels),
+            metrics.PADDING_EFFICIENCY.labels(*labels),
+        )
+        outputs = []
+        for items in runs:
+            started = time.perf_counter()
+            probabilities, padding_efficiency = self._forward(items)
+            inference.observe(time.perf_counter() - started)
+            sizes.observe(len(items))
+            efficiency.observe(padding_efficiency)
+            outputs.append(probabilities)
+        metrics.BATCHES.labels(*labels).inc(len(runs))
+        metrics.BATCH_ITEMS.labels(*labels).inc(sum(len(items) for items in runs))
+        return outputs
 
     def _forward(self, items: list[ClassifyItem]) -> tuple[list[np.ndarray], float]:
         """Pad the items to the longest and run them; returns their probabilities and real / padded tokens."""

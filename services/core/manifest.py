@@ -84,6 +84,12 @@ class Manifest:
             "notes": self.notes,
         }
 
+    @property
+    def quantizes_activations_per_run(self) -> bool:
+        """Dynamic quantization: every onnxruntime run quantizes its activations with one scale for all its rows
+        and padding, so a text's scores move (by up to ~0.02 on the int8 `intent` model) with what shares its run."""
+        return "dynamic" in str(self.quantization.get("method", ""))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format_version") != FORMAT_VERSION:

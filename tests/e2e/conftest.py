@@ -80,14 +80,12 @@ class Launcher:
     def generator(self, models: Path, port: int | None = None) -> Process:
         return self.start("services.generator", "--models", str(models), "--model-names", GENERATOR_MODEL, port=port)
 
-    def gateway(
-        self, classifiers: list[Process], generator: Process | None, *flags: str, routing_model: str = "intent"
-    ) -> Process:
+    def gateway(self, classifiers: list[Process], generator: Process | None, *flags: str) -> Process:
         keys = self.folder / "api-keys"
         keys.write_text(f"# test keys\ntests={hash_key(API_KEY)}\nother={OTHER_KEY}\n")
         routing = self.folder / "routing.toml"
         queues = "\n".join(f'{label} = "{queue}"' for label, queue in ROUTES.items())
-        routing.write_text(f'model = "{routing_model}"\ntop_k = 3\nmin_score = 0.0\n[queues]\n{queues}\n')
+        routing.write_text(f'model = "intent"\ntop_k = 3\nmin_score = 0.0\n[queues]\n{queues}\n')
         return self.start(
             "services.gateway",
             "--classifier",

@@ -56,20 +56,16 @@ def route_together(address: str, texts: list[str], timeouts: list[float]) -> lis
 
 
 def test_concurrent_messages_share_calls_and_each_gets_its_own_answer(launcher: Launcher, model_repo: Path) -> None:
-    # Routing with the fp32 model: int8 models quantize activations per run, so their scores move by ~1e-3 with
-    # whatever else shares the batch.
     metrics_port = free_port()
-    classifier = launcher.start("services.classifier", "--models", str(model_repo), "--model-names", "sentiment")
-    gateway = launcher.gateway(
-        [classifier], None, "--route-max-calls", "1", "--metrics-port", str(metrics_port), routing_model="sentiment"
-    )
+    classifier = launcher.classifier(model_repo)
+    gateway = launcher.gateway([classifier], None, "--route-max-calls", "1", "--metrics-port", str(metrics_port))
     classifier.wait_serving()
     gateway.wait_serving()
     texts = messages(CALLERS)
     with grpc.insecure_channel(classifier.address) as channel:
         classify = classifier_pb2_grpc.ClassifierServiceStub(channel).Classify
         expected = [
-            classify(classifier_pb2.ClassifyRequest(model="sentiment", texts=[text], top_k=3), timeout=30).results[0]
+            classify(classifier_pb2.ClassifyRequest(model="intent", texts=[text], top_k=3), timeout=30).results[0]
             for text in texts
         ]
 

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from tokenizers import Tokenizer
 
 from services.classifier.app import ClassifierApp
+from services.core.manifest import Manifest
 from services.core.metrics import serve_metrics
 from services.launcher import free_port
 from tests.integration.conftest import stub_for
@@ -45,11 +46,16 @@ def reference_probabilities(model_dir: Path, text: str) -> np.ndarray:
     return session.run(None, {n: feeds[n] for n in names})[0][0]
 
 
-def assert_matches_reference(model_repo: Path, text: str, served: pb.Classification) -> None:
-    """The served sentiment scores of `text` equal plain onnxruntime's on the text alone (padding changes nothing)."""
+def assert_matches_reference(
+    model_repo: Path, text: str, served: pb.Classification, model: str = "sentiment", version: int = 1
+) -> None:
+    """The served scores of `text` equal plain onnxruntime's on the text alone (padding and batching change
+    nothing)."""
+    folder = model_repo / model / str(version)
     scores = {label.label: label.score for label in served.labels}
-    expected = reference_probabilities(model_repo / "sentiment" / "1", text)
-    np.testing.assert_allclose([scores[label] for label in ("negative", "neutral", "positive")], expected, atol=1e-5)
+    expected = reference_probabilities(folder, text)
+    labels = Manifest.read(folder).labels
+    np.testing.assert_allclose([scores[label] for label in labels], expected, atol=1e-5)
 
 
 async def test_classify_returns_ranked_labels_and_the_answering_version(classifier) -> None:
@@ -67,13 +73,26 @@ async def test_classify_returns_ranked_labels_and_the_answering_version(classifi
         assert abs(sum(label.score for label in pinned.results[0].labels) - 1.0) < 1e-5
 
 
-async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_repo: Path) -> None:
+@pytest.mark.parametrize(("model", "version"), [("sentiment", 1), ("intent", 1), ("intent", 2)])
+async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_repo: Path, model, version) -> None:
+    """fp32 models and the dynamically quantized int8 `intent` v2 alike: batched, padded or alone, a text scores
+    the same."""
     async with classifier(max_queue_delay_ms=20, max_batch_size=8) as app, stub_for(app) as stub:
         responses = await asyncio.gather(
-            *(stub.Classify(pb.ClassifyRequest(model="sentiment", texts=[text])) for text in TEXTS)
+            *(stub.Classify(pb.ClassifyRequest(model=model, version=version, texts=[text], top_k=0)) for text in TEXTS)
         )
     for text, response in zip(TEXTS, responses, strict=True):
-        assert_matches_reference(model_repo, text, response.results[0])
+        assert_matches_reference(model_repo, text, response.results[0], model, version)
+
+
+async def test_without_batch_invariance_int8_texts_share_runs(classifier, model_repo: Path) -> None:
+    """--no-batch-invariant: the int8 model's texts are padded into shared runs (and their scores may move)."""
+    labels = {"service": "classifier", "model": "intent/2"}
+    before = REGISTRY.get_sample_value("ecomserve_batches_total", labels) or 0.0
+    async with classifier(batch_invariant=False, run_overhead_tokens=1000) as app, stub_for(app) as stub:
+        response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS))
+    assert len(response.results) == len(TEXTS)
+    assert (REGISTRY.get_sample_value("ecomserve_batches_total", labels) or 0.0) - before < len(TEXTS)
 
 
 async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier) -> None:
