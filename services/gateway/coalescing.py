@@ -23,6 +23,9 @@ from services.core.batcher import DynamicBatcher
 from services.gateway.backends import Backend, CallContext
 from services.gateway.routing import RoutingTable
 
+# The coalesced call's x-request-id lists the callers' ids up to this many characters (gRPC refuses metadata over
+# 8 KiB by default; a caller's id may be 128 characters).
+MAX_REQUEST_IDS_CHARS = 2048
 # Messages waiting for a call slot; past it RouteMessage answers RESOURCE_EXHAUSTED (the rate limits per API key
 # normally stop a flood well before).
 MAX_WAITING_MESSAGES = 10_000
@@ -72,7 +75,7 @@ class MessageClassifier:
         deadlines = [call.deadline for _, call in messages]
         together = CallContext(
             caller=",".join(sorted({call.caller for _, call in messages})),
-            request_id=",".join(call.request_id for _, call in messages),
+            request_id=joined_request_ids([call.request_id for _, call in messages]),
             deadline=None if None in deadlines else max(d for d in deadlines if d is not None),
         )
         # A long message is cut to the model's length rather than refused: routing must not fail on it.
@@ -82,3 +85,13 @@ class MessageClassifier:
         metrics.COALESCED_TEXTS.labels(self._backend.name, "Classify").observe(len(messages))
         response = await self._backend.unary("Classify", self._rpc, request, together)
         return [ClassifiedMessage(list(result.labels), response.model, response.version) for result in response.results]
+
+
+def joined_request_ids(ids: list[str]) -> str:
+    """The ids, comma-separated, and how many more when they would pass MAX_REQUEST_IDS_CHARS."""
+    joined = ""
+    for count, request_id in enumerate(ids):
+        if len(joined) + len(request_id) + 1 > MAX_REQUEST_IDS_CHARS:
+            return f"{joined},+{len(ids) - count} more"
+        joined = f"{joined},{request_id}" if joined else request_id
+    return joined

@@ -1,9 +1,11 @@
-"""How many Classify calls RouteMessage keeps in flight: two per listed classifier replica unless configured."""
+"""RouteMessage's coalescing: how many Classify calls stay in flight (two per listed classifier replica unless
+configured), and the request ids a coalesced call carries."""
 
 from __future__ import annotations
 
 import pytest
 
+from services.gateway.coalescing import MAX_REQUEST_IDS_CHARS, joined_request_ids
 from services.gateway.config import ROUTE_CALLS_PER_REPLICA, ROUTE_CALLS_UNLISTED, GatewayConfig
 
 
@@ -30,3 +32,12 @@ def test_bad_counts_are_refused() -> None:
         GatewayConfig(route_max_texts_per_call=0)
     with pytest.raises(ValueError, match="route_max_calls"):
         GatewayConfig(route_max_calls=-1)
+
+
+def test_a_coalesced_call_lists_the_request_ids_within_the_metadata_budget() -> None:
+    assert joined_request_ids(["a1", "b2", "c3"]) == "a1,b2,c3"
+    ids = [f"{i:03d}" + "x" * 125 for i in range(100)]  # 100 callers with 128-character ids: 12.9 KB in all
+    joined = joined_request_ids(ids)
+    assert len(joined) <= MAX_REQUEST_IDS_CHARS + len(",+100 more")
+    listed = joined.split(",")[:-1]
+    assert listed == ids[: len(listed)] and joined.endswith(f",+{len(ids) - len(listed)} more")
