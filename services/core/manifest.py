@@ -87,7 +87,7 @@ class Manifest:
     @property
     def quantizes_activations_per_run(self) -> bool:
         """Dynamic quantization: every onnxruntime run quantizes its activations with one scale for all its rows
-        and padding, so a text's scores move (by up to ~0.02 on the int8 `intent` model) with what shares its run."""
+        and padding, so a text's scores move with what shares its run (int8 `intent`: 0.02 at the median)."""
         return "dynamic" in str(self.quantization.get("method", ""))
 
     @classmethod
