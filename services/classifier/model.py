@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from services.core import metrics
 from services.core.batcher import DynamicBatcher
 from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
-from services.core.padding import assign, length_groups, spread
+from services.core.padding import length_groups, spread
 from services.core.repository import ModelVersion
 from services.core.runner import FailureStreak, OnnxRunner
 
@@ -178,19 +179,21 @@ class ClassifierModel:
         else:
             groups = length_groups(lengths, self.run_overhead_tokens)
         runs = spread(groups, lengths, self._inference_threads)
-        queues = assign(runs, lengths, self._inference_threads, self.run_overhead_tokens)
+        # The threads take the runs (costliest first) from one queue as they get free: one hand-over per thread,
+        # however many runs, and no thread idles while runs wait.
+        waiting = deque((index, [items[i] for i in run]) for index, run in enumerate(runs))
+        outputs: list[list[np.ndarray]] = [[] for _ in runs]
         running = [
-            loop.run_in_executor(self._infer_pool, self._run_groups, [[items[i] for i in run] for run in queue])
-            for queue in queues
+            loop.run_in_executor(self._infer_pool, self._run_waiting, waiting, outputs)
+            for _ in range(min(self._inference_threads, len(runs)))
         ]
-        return self._collect([run for queue in queues for run in queue], running, len(items))
+        return self._collect(runs, outputs, running, len(items))
 
     async def _collect(
-        self, runs: list[list[int]], running: list[asyncio.Future[list[list[np.ndarray]]]], count: int
+        self, runs: list[list[int]], outputs: list[list[np.ndarray]], running: list[asyncio.Future[None]], count: int
     ) -> list[np.ndarray | BaseException]:
-        """`runs` in the order the threads' queues list them, which is the order of their outputs."""
         try:
-            outputs = [output for queue in await asyncio.gather(*running) for output in queue]
+            await asyncio.gather(*running)
         except ModelFailure as failure:  # counted per batch, on the loop: the runs of one batch fail together
             self._failures.failed(failure)
             raise
@@ -216,26 +219,29 @@ class ClassifierModel:
             items.append((ClassifyItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
         return items
 
-    def _run_groups(self, runs: list[list[ClassifyItem]]) -> list[list[np.ndarray]]:
-        """One inference thread's share of a batch: onnxruntime runs one after the other, each recorded in the
-        batch metrics."""
+    def _run_waiting(self, waiting: deque[tuple[int, list[ClassifyItem]]], outputs: list[list[np.ndarray]]) -> None:
+        """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output stored at
+        its run's index and recorded in the batch metrics."""
         labels = (SERVICE, self._label)
         inference, sizes, efficiency = (
             metrics.INFERENCE_DURATION.labels(*labels),
             metrics.BATCH_SIZE.labels(*labels),
             metrics.PADDING_EFFICIENCY.labels(*labels),
         )
-        outputs = []
-        for items in runs:
+        runs = texts = 0
+        while True:
+            try:
+                index, items = waiting.popleft()  # atomic: the threads share the queue without a lock
+            except IndexError:
+                break
             started = time.perf_counter()
-            probabilities, padding_efficiency = self._forward(items)
+            outputs[index], padding_efficiency = self._forward(items)
             inference.observe(time.perf_counter() - started)
             sizes.observe(len(items))
             efficiency.observe(padding_efficiency)
-            outputs.append(probabilities)
-        metrics.BATCHES.labels(*labels).inc(len(runs))
-        metrics.BATCH_ITEMS.labels(*labels).inc(sum(len(items) for items in runs))
-        return outputs
+            runs, texts = runs + 1, texts + len(items)
+        metrics.BATCHES.labels(*labels).inc(runs)
+        metrics.BATCH_ITEMS.labels(*labels).inc(texts)
 
     def _forward(self, items: list[ClassifyItem]) -> tuple[list[np.ndarray], float]:
         """Pad the items to the longest and run them; returns their probabilities and real / padded tokens."""

@@ -56,18 +56,3 @@ def spread(groups: list[list[int]], lengths: Sequence[int], workers: int) -> lis
         half = len(ordered) // 2
         runs += [ordered[:half], ordered[half:]]
     return sorted(runs, key=cost, reverse=True)
-
-
-def assign(
-    runs: list[list[int]], lengths: Sequence[int], workers: int, run_overhead_tokens: float
-) -> list[list[list[int]]]:
-    """The runs each of at most `workers` threads executes one after the other: costliest run first to the least
-    loaded thread (longest processing time first), so that the threads finish close together and a batch of many
-    small runs costs one hand-over per thread, not one per run."""
-    loads = [0.0] * min(workers, len(runs))
-    queues: list[list[list[int]]] = [[] for _ in loads]
-    for run in sorted(runs, key=lambda r: len(r) * max(lengths[i] for i in r), reverse=True):
-        least = loads.index(min(loads))
-        queues[least].append(run)
-        loads[least] += run_overhead_tokens + len(run) * max(lengths[i] for i in run)
-    return queues

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.core.padding import assign, length_groups, spread
+from services.core.padding import length_groups, spread
 
 
 def cost(lengths: list[int], groups: list[list[int]], overhead: float) -> float:
@@ -65,11 +65,3 @@ def test_spread_halves_the_costliest_run_until_every_worker_has_one_and_orders_c
     assert [len(run) * max(lengths[i] for i in run) for run in runs] == [40, 20, 20]
     assert spread([[0, 1]], [5, 9], workers=4) == [[1], [0]]  # one row per run is as far as it goes
     assert spread([[0, 1, 2]], [5, 6, 7], workers=1) == [[0, 1, 2]]  # one worker: the grouping stands
-
-
-def test_assign_gives_each_thread_its_runs_costliest_first_to_the_least_loaded() -> None:
-    lengths = [40, 30, 20, 10, 10, 10]
-    runs = [[0], [1], [2], [3], [4], [5]]
-    queues = assign(runs, lengths, workers=2, run_overhead_tokens=0.0)
-    assert queues == [[[0], [3], [4]], [[1], [2], [5]]]  # 60 and 60 tokens
-    assert assign([[0]], [5], workers=4, run_overhead_tokens=0.0) == [[[0]]]  # no idle thread gets an empty queue
