@@ -170,9 +170,13 @@ class ClassifierModel:
         probabilities per item (the batcher delivers the previous batch's results while these run)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        queue_duration = metrics.QUEUE_DURATION.labels(SERVICE, self._label)
+        labels = (SERVICE, self._label)
+        queue_duration = metrics.QUEUE_DURATION.labels(*labels)
         for item in items:
             queue_duration.observe(started - item.queued_at)
+        metrics.BATCH_SIZE.labels(*labels).observe(len(items))
+        metrics.BATCHES.labels(*labels).inc()
+        metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
         lengths = [item.length for item in items]
         if self.one_text_per_run:
             groups = [[index] for index in range(len(items))]
@@ -221,14 +225,10 @@ class ClassifierModel:
 
     def _run_waiting(self, waiting: deque[tuple[int, list[ClassifyItem]]], outputs: list[list[np.ndarray]]) -> None:
         """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output stored at
-        its run's index and recorded in the batch metrics."""
+        its run's index and recorded in the run metrics."""
         labels = (SERVICE, self._label)
-        inference, sizes, efficiency = (
-            metrics.INFERENCE_DURATION.labels(*labels),
-            metrics.BATCH_SIZE.labels(*labels),
-            metrics.PADDING_EFFICIENCY.labels(*labels),
-        )
-        runs = texts = 0
+        inference, efficiency = metrics.INFERENCE_DURATION.labels(*labels), metrics.PADDING_EFFICIENCY.labels(*labels)
+        runs = 0
         while True:
             try:
                 index, items = waiting.popleft()  # atomic: the threads share the queue without a lock
@@ -237,11 +237,9 @@ class ClassifierModel:
             started = time.perf_counter()
             outputs[index], padding_efficiency = self._forward(items)
             inference.observe(time.perf_counter() - started)
-            sizes.observe(len(items))
             efficiency.observe(padding_efficiency)
-            runs, texts = runs + 1, texts + len(items)
-        metrics.BATCHES.labels(*labels).inc(runs)
-        metrics.BATCH_ITEMS.labels(*labels).inc(texts)
+            runs += 1
+        metrics.INFERENCE_RUNS.labels(*labels).inc(runs)
 
     def _forward(self, items: list[ClassifyItem]) -> tuple[list[np.ndarray], float]:
         """Pad the items to the longest and run them; returns their probabilities and real / padded tokens."""

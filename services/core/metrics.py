@@ -33,7 +33,7 @@ QUEUE_DURATION = Histogram(
 )
 INFERENCE_DURATION = Histogram(
     "ecomserve_inference_duration_seconds",
-    "Wall time of one model forward pass over a batch.",
+    "Wall time of one classifier onnxruntime run (a batch, or part of one).",
     ["service", "model"],
     buckets=FAST_BUCKETS,
 )
@@ -44,9 +44,15 @@ BATCH_ITEMS = Counter(
     "Items executed in batches; mean batch size = rate(batch_items_total) / rate(batches_total).",
     ["service", "model"],
 )
+INFERENCE_RUNS = Counter(
+    "ecomserve_inference_runs_total",
+    "onnxruntime runs; a classifier batch is split into runs by length, or into one run per text for models that "
+    "quantize activations per run.",
+    ["service", "model"],
+)
 PADDING_EFFICIENCY = Histogram(
     "ecomserve_padding_efficiency_ratio",
-    "Real tokens / padded tokens per executed batch (1 = no padding waste).",
+    "Real tokens / padded tokens per onnxruntime run (1 = no padding waste).",
     ["service", "model"],
     buckets=RATIO_BUCKETS,
 )

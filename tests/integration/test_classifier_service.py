@@ -88,30 +88,32 @@ async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_rep
 async def test_without_batch_invariance_int8_texts_share_runs(classifier, model_repo: Path) -> None:
     """--no-batch-invariant: the int8 model's texts are padded into shared runs (and their scores may move)."""
     labels = {"service": "classifier", "model": "intent/2"}
-    before = REGISTRY.get_sample_value("ecomserve_batches_total", labels) or 0.0
+    before = REGISTRY.get_sample_value("ecomserve_inference_runs_total", labels) or 0.0
     async with classifier(batch_invariant=False, run_overhead_tokens=1000) as app, stub_for(app) as stub:
         response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS))
     assert len(response.results) == len(TEXTS)
-    assert (REGISTRY.get_sample_value("ecomserve_batches_total", labels) or 0.0) - before < len(TEXTS)
+    assert (REGISTRY.get_sample_value("ecomserve_inference_runs_total", labels) or 0.0) - before < len(TEXTS)
 
 
-async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier) -> None:
+@pytest.mark.parametrize(("model", "label"), [("sentiment", "sentiment/1"), ("intent", "intent/2")])
+async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier, model, label) -> None:
+    """The int8 `intent` v2 too: its texts are batched together, though each then runs on its own."""
     port = free_port()
     serve_metrics(port, host="127.0.0.1")
     async with classifier(max_queue_delay_ms=30, max_batch_size=16) as app, stub_for(app) as stub:
         await asyncio.gather(
-            *(stub.Classify(pb.ClassifyRequest(model="sentiment", texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
+            *(stub.Classify(pb.ClassifyRequest(model=model, texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
         )
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
 
     def value(metric: str) -> float:
-        match = re.search(rf'^{metric}\{{model="sentiment/1",service="classifier"\}} (\S+)$', body, re.MULTILINE)
+        match = re.search(rf'^{metric}\{{model="{label}",service="classifier"\}} (\S+)$', body, re.MULTILINE)
         assert match, f"{metric} missing from /metrics"
         return float(match.group(1))
 
     assert value("ecomserve_batch_items_total") / value("ecomserve_batches_total") > 1
     assert "ecomserve_padding_efficiency_ratio_bucket" in body
-    assert 'ecomserve_runtime_info{model="sentiment/1",provider="CPUExecutionProvider"' in body
+    assert f'ecomserve_runtime_info{{model="{label}",provider="CPUExecutionProvider"' in body
 
 
 async def test_a_batch_is_split_by_length_into_runs_without_padding_waste(classifier, model_repo: Path) -> None:
@@ -126,7 +128,8 @@ async def test_a_batch_is_split_by_length_into_runs_without_padding_waste(classi
         response = await stub.Classify(pb.ClassifyRequest(model="sentiment", texts=texts))
     ran = {name: sample(name) - before[name] for name in RUN_SAMPLES}
     # "hello" and "thanks" have the same token count, the refund text many more: one run per length, none padded.
-    assert ran["ecomserve_batches_total"] == 2 and ran["ecomserve_batch_items_total"] == 4
+    assert ran["ecomserve_batches_total"] == 1 and ran["ecomserve_batch_items_total"] == 4
+    assert ran["ecomserve_inference_runs_total"] == 2
     assert ran["ecomserve_padding_efficiency_ratio_count"] == 2
     assert ran["ecomserve_padding_efficiency_ratio_sum"] == pytest.approx(2.0)
     for text, result in zip(texts, response.results, strict=True):
@@ -135,6 +138,7 @@ async def test_a_batch_is_split_by_length_into_runs_without_padding_waste(classi
 
 RUN_SAMPLES = (
     "ecomserve_batches_total",
+    "ecomserve_inference_runs_total",
     "ecomserve_batch_items_total",
     "ecomserve_padding_efficiency_ratio_sum",
     "ecomserve_padding_efficiency_ratio_count",
