@@ -7,13 +7,16 @@ in flight, and the messages that queued meanwhile go out together as one call (t
 with everything else it has). A message that finds a call slot free goes out at once, alone: coalescing never
 waits to fill a call, it only groups messages that would have waited anyway.
 
-A coalesced call carries every message's request id and the latest of their deadlines; each caller still waits
+A coalesced call carries the messages' request ids and the latest of their deadlines; each caller still waits
 no longer than its own deadline (minus the gateway's margin), and a backend error reaches every caller of the call.
+A classifier that refuses a coalesced call as INVALID_ARGUMENT (it allows fewer texts per request) gets the
+messages one by one instead, so that each caller gets its own answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
@@ -22,6 +25,8 @@ from services.core import errors, metrics
 from services.core.batcher import DynamicBatcher
 from services.gateway.backends import Backend, CallContext
 from services.gateway.routing import RoutingTable
+
+log = logging.getLogger(__name__)
 
 # The coalesced call's x-request-id lists the callers' ids up to this many characters (gRPC refuses metadata over
 # 8 KiB by default; a caller's id may be 128 characters).
@@ -71,7 +76,27 @@ class MessageClassifier:
                 f"deadline exceeded while the {self._backend.name} backend worked on the request"
             ) from None
 
-    async def _classify_together(self, messages: list[tuple[str, CallContext]]) -> list[ClassifiedMessage]:
+    async def _classify_together(
+        self, messages: list[tuple[str, CallContext]]
+    ) -> list[ClassifiedMessage | BaseException]:
+        try:
+            return list(await self._classify(messages))
+        except errors.InvalidArgument as refused:
+            if len(messages) == 1:
+                raise
+            # The gateway validated every message, so a classifier that refuses several together most likely
+            # allows fewer texts per request than --route-max-texts-per-call: send them one by one instead.
+            log.warning(
+                "the %s backend refused %d messages in one call (%s); sending them one by one: keep "
+                "--route-max-texts-per-call within the classifiers' --max-texts-per-request",
+                self._backend.name,
+                len(messages),
+                refused,
+            )
+            alone = await asyncio.gather(*(self._classify([message]) for message in messages), return_exceptions=True)
+            return [result[0] if isinstance(result, list) else result for result in alone]
+
+    async def _classify(self, messages: list[tuple[str, CallContext]]) -> list[ClassifiedMessage]:
         deadlines = [call.deadline for _, call in messages]
         together = CallContext(
             caller=",".join(sorted({call.caller for _, call in messages})),

@@ -95,3 +95,19 @@ def test_a_short_deadline_does_not_cut_the_call_it_shares(launcher: Launcher, mo
             assert isinstance(response, gateway_pb2.RouteMessageResponse), response
         elif isinstance(response, grpc.RpcError):
             assert response.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_classifier_that_allows_fewer_texts_per_request_still_answers_every_message(
+    launcher: Launcher, model_repo: Path
+) -> None:
+    classifier = launcher.start(
+        "services.classifier", "--models", str(model_repo), "--model-names", "intent", "--max-texts-per-request", "2"
+    )
+    gateway = launcher.gateway([classifier], None, "--route-max-calls", "1")
+    classifier.wait_serving()
+    gateway.wait_serving()
+
+    routed = route_together(gateway.address, messages(CALLERS), [30.0] * CALLERS)
+
+    assert all(isinstance(response, gateway_pb2.RouteMessageResponse) for response in routed), routed
+    assert "sending them one by one" in gateway.log.read_text()
