@@ -186,7 +186,8 @@ class DynamicBatcher(Generic[I, O]):
             results: Sequence[O | BaseException] = await running
             if len(results) != len(batch):
                 raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
-        except Exception as error:  # the whole batch failed: every caller learns why
+        except (Exception, asyncio.CancelledError) as error:  # the whole batch failed: every caller learns why
+            # (a CancelledError too: one from the handler's own calls, say, must not leave the callers waiting)
             results = [error] * len(batch)
         finally:
             self._slots.release()  # before delivering: the next batch starts ahead of the callers' wake-ups

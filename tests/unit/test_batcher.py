@@ -168,3 +168,14 @@ async def test_a_handler_that_raises_when_called_fails_its_batch_only() -> None:
         await batcher.submit(1)
     assert await batcher.submit(2) == 20
     await batcher.aclose()
+
+
+async def test_a_handler_cancelled_from_within_fails_its_callers_instead_of_leaving_them_waiting() -> None:
+    async def cancelled(items: list[int]) -> list[int]:
+        raise asyncio.CancelledError()  # e.g. a backend call that was cancelled on the far side
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(cancelled, max_batch_size=2, max_wait_s=0.0, max_queue_size=4)
+    batcher.start()
+    results = await asyncio.wait_for(asyncio.gather(batcher.submit(1), return_exceptions=True), 1.0)
+    assert isinstance(results[0], asyncio.CancelledError)
+    await batcher.aclose()
