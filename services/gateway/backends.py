@@ -95,9 +95,10 @@ def service_config(service_name: str, max_attempts: int) -> str:
                 "name": [{"service": service_name}],
                 "retryPolicy": {
                     "maxAttempts": max_attempts,
-                    # When one replica dies, the channel can report no READY replica for a while although another
-                    # one serves (seen: 160 ms CONNECTING after a SIGKILL of one of two, with TRANSIENT_FAILURE
-                    # picks in between); 0.1 s doubling over 5 attempts spans ~0.75 s on average.
+                    # When a replica dies, the calls in flight on it fail UNAVAILABLE and are sent again to another
+                    # (traced with grpc 1.85: round_robin keeps the channel READY on the survivor). Once a channel
+                    # was seen with no READY replica for 160 ms after such a kill, so the backoff spans more:
+                    # 0.1 s doubling over 5 attempts is ~0.75 s on average.
                     "initialBackoff": "0.1s",
                     "maxBackoff": "1s",
                     "backoffMultiplier": 2,
