@@ -66,9 +66,7 @@ class MessageClassifier:
         await self._batcher.aclose()
 
     async def classify(self, text: str, call: CallContext) -> ClassifiedMessage:
-        if call.deadline is None:
-            return await self._batcher.submit((text, call))
-        timeout = self._backend.remaining_time(call)
+        timeout = None if call.deadline is None else self._backend.remaining_time(call)
         try:
             return await asyncio.wait_for(self._batcher.submit((text, call), call.deadline), timeout)
         except TimeoutError:
