@@ -156,6 +156,10 @@ class DynamicBatcher(Generic[I, O]):
                 return
 
     def _take_batch(self, now: float) -> list[_Pending[I, O]]:
+        # A future cancelled a moment ago may still be queued (its clean-up callback has not run yet): it is
+        # dropped here, never failed a second time.
+        for pending in [p for p in self._queue.values() if p.future.cancelled()]:
+            self._forget_if_cancelled(pending.key)(pending.future)
         expired = [p for p in self._queue.values() if p.deadline is not None and now >= p.deadline]
         for pending in expired:
             del self._queue[pending.key]

@@ -179,3 +179,27 @@ async def test_a_handler_cancelled_from_within_fails_its_callers_instead_of_leav
     results = await asyncio.wait_for(asyncio.gather(batcher.submit(1), return_exceptions=True), 1.0)
     assert isinstance(results[0], asyncio.CancelledError)
     await batcher.aclose()
+
+
+async def test_an_expired_item_cancelled_as_the_slot_frees_leaves_the_batcher_running() -> None:
+    """Its future is cancelled before the batcher's clean-up callback has run: failing it again killed the loop."""
+    release = asyncio.Event()
+
+    async def handler(items: list[int]) -> list[int | BaseException]:
+        await release.wait()
+        return [i * 10 for i in items]
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(handler, max_batch_size=1, max_wait_s=0, max_queue_size=4)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)  # the first batch holds the only slot
+    expiring = asyncio.ensure_future(batcher.submit(2, deadline=loop.time() + 0.01))
+    await asyncio.sleep(0.05)
+    release.set()
+    loop.call_soon(expiring.cancel)  # after the slot frees, before the batcher takes its next batch
+    assert await first == 10
+    with pytest.raises(asyncio.CancelledError):
+        await expiring
+    assert await asyncio.wait_for(batcher.submit(3), 1.0) == 30
+    await batcher.aclose()
