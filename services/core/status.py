@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -80,16 +81,17 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -100,6 +102,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 self.refuse_new_calls()
+                _refuse_undecodable(request)
                 _echo_previous_attempts(context)
                 return await behavior(request, context)
             except BaseException as error:  # every outcome is counted, then re-raised or mapped
@@ -116,6 +119,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 self.refuse_new_calls()
+                _refuse_undecodable(request)
                 _echo_previous_attempts(context)
                 async for response in behavior(request, context):
                     yield response
@@ -146,6 +150,37 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             self._idle.set()
         metrics.REQUESTS.labels(self._service, method, code.name).inc()
         metrics.REQUEST_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+
+
+class UndecodableRequest:
+    """Stands for a request whose bytes did not parse (a string field that is not UTF-8, say): gRPC itself would
+    answer UNKNOWN with the parser's text; the wrapped handler answers INVALID_ARGUMENT instead."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    message_name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return UndecodableRequest(message_name)
+
+    return deserialize
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise errors.InvalidArgument(
+            f"the request is not a valid {request.message_name}: string fields must be valid UTF-8, and the message "
+            "must be encoded from this service's protos"
+        )
 
 
 def _code_for(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:

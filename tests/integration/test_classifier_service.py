@@ -17,10 +17,10 @@ from prometheus_client import REGISTRY
 from tokenizers import Tokenizer
 
 from services.classifier.app import ClassifierApp
+from services.core.listener import serve_metrics
 from services.core.manifest import Manifest
-from services.core.metrics import serve_metrics
 from services.launcher import free_port
-from tests.integration.conftest import stub_for
+from tests.integration.conftest import address_of, stub_for
 
 TEXTS = [
     "where is my order",
@@ -99,7 +99,7 @@ async def test_without_batch_invariance_int8_texts_share_runs(classifier, model_
 async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier, model, label) -> None:
     """The int8 `intent` v2 too: its texts are batched together, though each then runs on its own."""
     port = free_port()
-    serve_metrics(port, host="127.0.0.1")
+    serve_metrics("127.0.0.1", port)
     async with classifier(max_queue_delay_ms=30, max_batch_size=16) as app, stub_for(app) as stub:
         await asyncio.gather(
             *(stub.Classify(pb.ClassifyRequest(model=model, texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
@@ -172,6 +172,19 @@ async def test_invalid_requests_get_precise_statuses(classifier, request_fields,
             await stub.Classify(pb.ClassifyRequest(**request_fields))
         assert caught.value.code() == code
         assert needle in caught.value.details()
+        assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=["still fine"]))).results
+
+
+async def test_invalid_utf8_in_a_text_is_invalid_argument(classifier) -> None:
+    """gRPC itself would answer UNKNOWN with the parser's internal text."""
+    raw = pb.ClassifyRequest(model="intent", texts=["ok", "@@@@"]).SerializeToString()
+    async with classifier() as app, stub_for(app) as stub:
+        async with grpc.aio.insecure_channel(address_of(app.server)) as channel:
+            classify = channel.unary_unary("/ecomserve.classifier.v1.ClassifierService/Classify")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await classify(raw.replace(b"@@@@", b"caf\xe9"))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ecomserve.classifier.v1.ClassifyRequest" in caught.value.details() and "UTF-8" in caught.value.details()
         assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=["still fine"]))).results
 
 
