@@ -139,6 +139,9 @@ class Backend:
                 ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+                # Never idle: `ready` (and so failing fast) follows the channel's state, which an idle channel
+                # would leave READY only after a reconnect.
+                ("grpc.client_idle_timeout_ms", 2**31 - 1),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],
         )
@@ -164,6 +167,7 @@ class Backend:
             await self.channel.wait_for_state_change(state)
 
     async def unary(self, method: str, rpc: Any, request: Any, call: CallContext) -> Any:
+        self._refuse_unless_ready(method)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -178,6 +182,7 @@ class Backend:
             self._record(method, code, started)
 
     async def stream(self, method: str, rpc: Any, request: Any, call: CallContext) -> AsyncIterator[Any]:
+        self._refuse_unless_ready(method)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         responses = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
@@ -198,6 +203,12 @@ class Backend:
     async def aclose(self) -> None:
         await self.channel.close()
 
+    def _refuse_unless_ready(self, method: str) -> None:
+        """Fail fast while no replica is SERVING: a call would only wait for connection attempts and retries."""
+        if not self.ready:
+            self._record(method, grpc.StatusCode.UNAVAILABLE, time.perf_counter())
+            raise errors.Unavailable(f"the {self.name} backend has no SERVING replica; retry later")
+
     def remaining_time(self, call: CallContext) -> float:
         """Seconds the backend may take for `call`: its deadline less the margin (or the default timeout)."""
         if call.deadline is None:
@@ -213,7 +224,11 @@ class Backend:
     def _domain_error(self, error: grpc.aio.AioRpcError, call: CallContext) -> BaseException:
         code, details = error.code(), error.details() or ""
         if code is grpc.StatusCode.UNAVAILABLE:
-            return errors.Unavailable(f"{self.name} backend ({self.target}) unavailable: {details}")
+            # The details name replica addresses and connection errors: for the log, not for callers.
+            log.debug(
+                "%s backend (%s) unavailable for request %s: %s", self.name, self.target, call.request_id, details
+            )
+            return errors.Unavailable(f"the {self.name} backend is unavailable; retry later")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.DeadlineExceeded(f"deadline exceeded while the {self.name} backend worked on the request")
         if code is grpc.StatusCode.CANCELLED:
