@@ -32,7 +32,7 @@ help:
 	@echo "make bench             export limits, classifier, generator and gateway benchmarks (JSON under bench/results/)"
 	@echo "make serve-classifier  run the classifier on :$(CLASSIFIER_PORT) (metrics :$(CLASSIFIER_METRICS_PORT))"
 	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
-	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key)"
+	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key, keys of 16+ characters)"
 	@echo "make models            python -m export defaults --out $(MODELS)"
 	@echo "make check-deploy      render, validate and lint deploy/ (part of make test)"
 	@echo "make images            build the CPU, GPU and model images (needs a Docker engine; TAG=$(TAG))"
@@ -139,10 +139,12 @@ serve-classifier: $(PB_STAMP)
 serve-generator: $(PB_STAMP)
 	$(PY) -m services.generator --models $(MODELS) --port $(GENERATOR_PORT) --metrics-port $(GENERATOR_METRICS_PORT)
 
+# The keys go in through the environment, not the command line, where `ps` would show them.
 serve-gateway: $(PB_STAMP)
-	$(PY) -m services.gateway --port $(GATEWAY_PORT) --http-port $(GATEWAY_HTTP_PORT) \
-		--metrics-port $(GATEWAY_METRICS_PORT) --classifier 127.0.0.1:$(CLASSIFIER_PORT) \
-		--generator 127.0.0.1:$(GENERATOR_PORT) --api-keys "$(API_KEYS)"
+	@echo "python -m services.gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (keys from API_KEYS)"
+	@ECOMSERVE_GATEWAY_API_KEYS="$(API_KEYS)" $(PY) -m services.gateway --port $(GATEWAY_PORT) \
+		--http-port $(GATEWAY_HTTP_PORT) --metrics-port $(GATEWAY_METRICS_PORT) \
+		--classifier 127.0.0.1:$(CLASSIFIER_PORT) --generator 127.0.0.1:$(GENERATOR_PORT)
 
 lint: $(PB_STAMP)
 	$(PY) -m ruff format --check services export bench tests deploy

@@ -56,7 +56,9 @@ def main() -> int:
     api_key = secrets.token_urlsafe(24)
     common = ["--metrics-port", "0", "--log-level", "warning"]
     models = ["--models", str(args.models), *common]
-    logs = Path(tempfile.mkdtemp(prefix="ecomserve-demo-"))
+    logs = Path(tempfile.mkdtemp(prefix="ecomserve-demo-"))  # readable by its owner only
+    keys_file = logs / "api-keys"  # not on the command line: it would show in `ps`
+    keys_file.write_text(f"demo={api_key}\n")
     http_port = free_port()
     try:
         print(f"starting the classifier, the generator and the gateway (logs in {logs}) ...", flush=True)
@@ -72,8 +74,8 @@ def main() -> int:
                 gen,
                 "--http-port",
                 str(http_port),
-                "--api-keys",
-                f"demo={api_key}",
+                "--api-keys-file",
+                str(keys_file),
                 log=logs / "gateway.log",
             ) as gateway,
         ):

@@ -62,7 +62,10 @@ def up(run: Path, models: Path) -> int:
     if not api_key_file.exists():
         api_key_file.write_text(secrets.token_urlsafe(24) + "\n")
         api_key_file.chmod(0o600)
-    api_key = api_key_file.read_text().strip()
+    # The gateway reads its keys from a file: on a command line they would show in `ps`.
+    keys_file = run / "api-keys"
+    keys_file.touch(mode=0o600)
+    keys_file.write_text(f"local={api_key_file.read_text().strip()}\n")
     _write_prometheus_config(run / "prometheus.yml", ports)
     host = ["--host", "127.0.0.1"]
     services = [
@@ -73,7 +76,7 @@ def up(run: Path, models: Path) -> int:
         ("gateway", ["--port", str(ports.gateway), "--http-port", str(ports.gateway_http),
                      "--metrics-port", str(ports.gateway_metrics),
                      "--classifier", f"127.0.0.1:{ports.classifier}", "--generator", f"127.0.0.1:{ports.generator}",
-                     "--api-keys", f"local={api_key}"]),
+                     "--api-keys-file", str(keys_file)]),
     ]  # fmt: skip
     pids: dict[str, int] = {}
     try:

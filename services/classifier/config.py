@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
+from services.core.config import (
+    knob,
+    log_level_knob,
+    max_connection_age_knob,
+    metrics_host_knob,
+    require,
+    require_server_knobs,
+)
 
 
 @dataclass(frozen=True)
@@ -13,6 +20,7 @@ class ClassifierConfig:
     host: str = knob("0.0.0.0", "address to listen on for gRPC")
     port: int = knob(50051, "gRPC port (0 picks a free one)")
     metrics_port: int = knob(9101, "Prometheus /metrics port (0 disables)")
+    metrics_host: str = metrics_host_knob()
     models: str = knob("models", "model repository folder (written by `python -m export`)")
     model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every classifier)")
     max_batch_size: int = knob(32, "most texts in one model batch")

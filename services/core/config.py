@@ -83,6 +83,15 @@ def max_connection_age_knob() -> Any:
     )
 
 
+def metrics_host_knob() -> Any:
+    """The metrics_host knob every service has: /metrics stays on loopback unless the deployment opens it."""
+    return knob(
+        "127.0.0.1",
+        "address of the /metrics listener (0.0.0.0 for a Prometheus on another host or pod; the Kubernetes and "
+        "compose configs set it)",
+    )
+
+
 def log_level_knob() -> Any:
     """The log_level knob every service has (checked by require_server_knobs)."""
     return knob("info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")

@@ -6,7 +6,7 @@ api_key (the names of the configured keys, never the keys).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
 # The *_created series double the scrape size and no rule or dashboard uses them.
 disable_created_metrics()
@@ -77,12 +77,6 @@ MODEL_READY = Gauge("ecomserve_model_ready", "1 when the model version is loaded
 RUNTIME_INFO = Info(
     "ecomserve_runtime", "onnxruntime version and execution provider in use per model.", ["service", "model"]
 )
-
-
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Expose /metrics on its own HTTP port (a daemon thread of prometheus_client); port 0 disables it."""
-    if port:
-        start_http_server(port, addr=host)
 
 
 # Generator (continuous batching).

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
 from services.core import metrics
+from services.core.listener import serve_metrics
 from services.core.status import StatusInterceptor
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class ServingServer:
     `ready`, when given, is a further condition of SERVING (the gateway's: every backend has a SERVING replica);
     call `refresh_health()` when it changes. `credentials` serve TLS instead of plaintext. `max_connection_age_s`
     closes each client connection after that long (GOAWAY; calls on it get `grace_s` to finish), so clients that
-    resolve replicas through DNS reconnect and find new ones.
+    resolve replicas through DNS reconnect and find new ones. Larger requests than `max_receive_bytes` get
+    RESOURCE_EXHAUSTED from gRPC itself.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ServingServer:
         credentials: grpc.ServerCredentials | None = None,
         max_connection_age_s: float = 0.0,
         grace_s: float = 30.0,
+        max_receive_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.service = service
         self._service_names = list(service_names)
@@ -61,7 +64,7 @@ class ServingServer:
         self._serving = False
         self.interceptor = StatusInterceptor(service)
         options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
             # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
@@ -209,7 +212,11 @@ def serve_main(
         stream=sys.stderr,
     )
     log.info("effective config:\n%s", config_parsing.describe(config))
-    metrics.serve_metrics(config.metrics_port)
+    try:
+        serve_metrics(config.metrics_host, config.metrics_port)
+    except OSError as error:
+        log.error("cannot serve /metrics on %s:%d: %s", config.metrics_host, config.metrics_port, error)
+        return 2
 
     async def serve() -> int:
         try:

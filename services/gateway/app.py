@@ -4,7 +4,10 @@ lifecycle. Used by __main__ and by tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import ssl
 from pathlib import Path
 
@@ -18,13 +21,15 @@ from services.gateway.admission import SERVICE, Admission
 from services.gateway.auth import ApiKeys, RateLimiter
 from services.gateway.backends import Backend
 from services.gateway.config import GatewayConfig
-from services.gateway.http import HttpBridge
+from services.gateway.http import HttpBridge, HttpLimits
 from services.gateway.operations import GatewayOperations, OperationLimits
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import GatewayServicer
 from services.gateway.templates import PromptTemplates
 
 log = logging.getLogger(__name__)
+# How often the API keys file is checked for changes (SIGHUP reloads it at once).
+KEYS_POLL_S = 2.0
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
@@ -36,7 +41,7 @@ class GatewayApp:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        keys = ApiKeys.load(config.api_keys_file, config.api_keys, allow_unauthenticated=config.allow_unauthenticated)
+        keys = self._load_keys()
         if keys.open:
             log.warning("no API keys: every caller is accepted (--allow-unauthenticated)")
 
@@ -67,7 +72,11 @@ class GatewayApp:
                 route_max_calls=config.route_calls,
             ),
         )
-        admission = Admission(keys, RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
+        self.admission = admission = Admission(
+            keys,
+            RateLimiter(config.rate_limit_per_s, config.rate_limit_burst),
+            auth_failures=RateLimiter(config.auth_failures_per_s, config.auth_failure_burst),
+        )
         servicer = GatewayServicer(operations, admission)
         cert, key = _read_tls(config)
         self.server = ServingServer(
@@ -79,6 +88,7 @@ class GatewayApp:
             register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
             ready=lambda: all(backend.ready for backend in self.backends),
             credentials=None if cert is None else grpc.ssl_server_credentials([(key, cert)]),
+            max_receive_bytes=config.max_request_bytes,
         )
         self.http = None
         if config.http_port >= 0:
@@ -87,9 +97,16 @@ class GatewayApp:
                 admission,
                 self.server.interceptor,
                 lambda: {backend.name: backend.ready for backend in self.backends},
-                _ssl_context(config) if cert else None,
+                limits=HttpLimits(
+                    max_body_bytes=config.max_request_bytes,
+                    body_timeout_s=config.http_body_timeout_s,
+                    idle_timeout_s=config.http_idle_timeout_s,
+                    max_connections=config.http_max_connections,
+                ),
+                ssl_context=_ssl_context(config) if cert else None,
             )
         self._watchers: list[asyncio.Task[None]] = []
+        self._reload_keys = asyncio.Event()
         log.info(
             "RouteMessage: up to %d Classify calls in flight, %d messages each",
             config.route_calls,
@@ -102,9 +119,35 @@ class GatewayApp:
         for backend in self.backends:
             log.info("%s backend: %s", backend.name, backend.target)
             self._watchers.append(asyncio.create_task(backend.watch(self.server.refresh_health)))
+        if self.config.api_keys_file:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_keys.set)
+            self._watchers.append(asyncio.create_task(self._follow_keys_file()))
         if self.http is not None:
             port = await self.http.start(self.config.host, self.config.http_port)
             log.info("gateway HTTP on port %d", port)
+
+    def _load_keys(self) -> ApiKeys:
+        config = self.config
+        return ApiKeys.load(config.api_keys_file, config.api_keys, allow_unauthenticated=config.allow_unauthenticated)
+
+    async def _follow_keys_file(self) -> None:
+        """Re-read the keys file when it changes (a rotated Kubernetes Secret swaps it) or on SIGHUP; a file that
+        cannot be read or parsed is logged and the keys in use stay."""
+        seen = _file_version(self.config.api_keys_file)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_keys.wait(), KEYS_POLL_S)
+            version = _file_version(self.config.api_keys_file)
+            if version == seen and not self._reload_keys.is_set():
+                continue
+            self._reload_keys.clear()
+            seen = version
+            try:
+                self.admission.keys = self._load_keys()
+            except (OSError, ValueError) as error:
+                log.error("API keys file %s not reloaded, the previous keys stay: %s", self.config.api_keys_file, error)
+            else:
+                log.info("API keys reloaded from %s", self.config.api_keys_file)
 
     async def close(self) -> None:
         for watcher in self._watchers:
@@ -115,6 +158,15 @@ class GatewayApp:
         await self.operations.aclose()
         for backend in self.backends:
             await backend.aclose()
+
+
+def _file_version(path: str) -> tuple[float, int, int] | None:
+    """What tells that a file changed: modification time, size and inode (None while it is missing)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime, stat.st_size, stat.st_ino
 
 
 def _read_tls(config: GatewayConfig) -> tuple[bytes | None, bytes | None]:

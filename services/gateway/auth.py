@@ -13,6 +13,8 @@ from services.core import errors
 
 HASH_PREFIX = "sha256:"
 ANONYMOUS = "anonymous"
+# A shorter key could be guessed; `openssl rand -hex 24` makes a good one.
+MIN_KEY_CHARS = 16
 
 
 def hash_key(key: str) -> str:
@@ -44,6 +46,11 @@ class ApiKeys:
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise ValueError(f"API key entry {number} ({name}): sha256: must be followed by 64 hex digits")
                 hashes[name] = HASH_PREFIX + digest
+            elif len(secret) < MIN_KEY_CHARS:
+                raise ValueError(
+                    f"API key entry {number} ({name}): keys must be at least {MIN_KEY_CHARS} characters, this one has "
+                    f"{len(secret)}; make one with `openssl rand -hex 24`"
+                )
             else:
                 hashes[name] = hash_key(secret)
         if not hashes and not allow_unauthenticated:
@@ -91,11 +98,16 @@ class _Bucket:
 
 
 class RateLimiter:
-    """One token bucket per caller: `rate_per_s` sustained, `burst` at once. rate_per_s = 0 disables it."""
+    """One token bucket per caller: `rate_per_s` sustained, `burst` at once. rate_per_s = 0 disables it.
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    At most `max_callers` buckets are kept (callers may be peer addresses, which an attacker can vary): past it,
+    buckets that have refilled are forgotten, and if none has, the oldest.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, *, max_callers: int = 100_000) -> None:
         self._rate = rate_per_s
         self._burst = float(burst)
+        self._max_callers = max_callers
         self._buckets: dict[str, _Bucket] = {}
 
     def acquire(self, caller: str) -> None:
@@ -103,9 +115,20 @@ class RateLimiter:
         if self._rate == 0:
             return
         now = time.monotonic()
-        bucket = self._buckets.setdefault(caller, _Bucket(self._burst, now))
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            self._make_room(now)
+            bucket = self._buckets[caller] = _Bucket(self._burst, now)
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
         if bucket.tokens < 1.0:
             raise RateLimited(caller, (1.0 - bucket.tokens) / self._rate)
         bucket.tokens -= 1.0
+
+    def _make_room(self, now: float) -> None:
+        if len(self._buckets) < self._max_callers:
+            return
+        refill_s = self._burst / self._rate
+        self._buckets = {caller: bucket for caller, bucket in self._buckets.items() if now - bucket.updated < refill_s}
+        if len(self._buckets) >= self._max_callers:
+            del self._buckets[next(iter(self._buckets))]

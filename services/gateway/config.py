@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
+from services.core.config import (
+    knob,
+    log_level_knob,
+    max_connection_age_knob,
+    metrics_host_knob,
+    require,
+    require_server_knobs,
+)
 from services.gateway.backends import listed_replicas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -20,6 +27,7 @@ class GatewayConfig:
     port: int = knob(50050, "gRPC port (0 picks a free one)")
     http_port: int = knob(8080, "JSON-over-HTTP port (0 picks a free one; -1 disables HTTP)")
     metrics_port: int = knob(9100, "Prometheus /metrics port (0 disables)")
+    metrics_host: str = metrics_host_knob()
     classifier: str = knob(
         "127.0.0.1:50051",
         "classifier replicas: comma-separated HOST:PORT list, or dns:///NAME:PORT (a Kubernetes headless service); "
@@ -39,12 +47,20 @@ class GatewayConfig:
         "prompt template folder: <operation>/v<N>.toml, the newest version is the default",
     )
     api_keys_file: str = knob(
-        "", "file of API keys, one `NAME=KEY` or `NAME=sha256:HEX` per line (# comments); only hashes are kept"
+        "",
+        "file of API keys, one `NAME=KEY` or `NAME=sha256:HEX` per line (# comments; keys of 16 characters or more); "
+        "only hashes are kept; re-read when it changes and on SIGHUP",
     )
     api_keys: tuple[str, ...] = knob((), "API keys as NAME=KEY or NAME=sha256:HEX, comma-separated", secret=True)
     allow_unauthenticated: bool = knob(False, "serve without API keys (local development only)")
     rate_limit_per_s: float = knob(200.0, "requests per second per API key, sustained (0: no limit)")
     rate_limit_burst: int = knob(400, "requests an idle API key may send at once")
+    auth_failures_per_s: float = knob(
+        1.0,
+        "failed authentications per second per peer address, sustained; past it (and the burst) a failing caller "
+        "gets RESOURCE_EXHAUSTED; a valid key is never refused for it (0: no limit)",
+    )
+    auth_failure_burst: int = knob(20, "failed authentications a peer address may make at once")
     default_timeout_s: float = knob(60.0, "deadline given to backends when the caller sets none")
     deadline_margin_ms: float = knob(
         10.0, "subtracted from the caller's remaining time so the gateway can still answer before it passes"
@@ -54,6 +70,16 @@ class GatewayConfig:
         "attempts per backend call, retried on UNAVAILABLE with backoff (0.1 s doubling, capped at 1 s, jittered) "
         "so that the retries span a replica's death (1: no retries)",
     )
+    max_request_bytes: int = knob(
+        4 * 1024 * 1024, "largest request accepted, in bytes: HTTP bodies (413 past it) and gRPC messages alike"
+    )
+    http_body_timeout_s: float = knob(30.0, "seconds an HTTP caller has to send its request body (408 past it)")
+    http_idle_timeout_s: float = knob(
+        15.0,
+        "an HTTP connection that sends no whole request head within this many seconds of opening or of its last "
+        "response is closed (idle keep-alive and slow senders alike)",
+    )
+    http_max_connections: int = knob(1000, "open HTTP connections at most; past it a new one gets 503 and is closed")
     max_text_chars: int = knob(4000, "longest customer message or text, in characters")
     max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts request")
     route_max_calls: int = knob(
@@ -79,9 +105,15 @@ class GatewayConfig:
         require(bool(self.classifier.strip()), "classifier must name at least one replica address")
         require(self.rate_limit_per_s >= 0, f"rate_limit_per_s must be >= 0, got {self.rate_limit_per_s}")
         require(self.rate_limit_burst >= 1, f"rate_limit_burst must be >= 1, got {self.rate_limit_burst}")
+        require(self.auth_failures_per_s >= 0, f"auth_failures_per_s must be >= 0, got {self.auth_failures_per_s}")
+        require(self.auth_failure_burst >= 1, f"auth_failure_burst must be >= 1, got {self.auth_failure_burst}")
         require(self.default_timeout_s > 0, f"default_timeout_s must be > 0, got {self.default_timeout_s}")
         require(self.deadline_margin_ms >= 0, f"deadline_margin_ms must be >= 0, got {self.deadline_margin_ms}")
         require(1 <= self.max_attempts <= 5, f"max_attempts must be 1..5 (gRPC's limit), got {self.max_attempts}")
+        require(self.max_request_bytes >= 1024, f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+        require(self.http_body_timeout_s > 0, f"http_body_timeout_s must be > 0, got {self.http_body_timeout_s}")
+        require(self.http_idle_timeout_s > 0, f"http_idle_timeout_s must be > 0, got {self.http_idle_timeout_s}")
+        require(self.http_max_connections >= 1, f"http_max_connections must be >= 1, got {self.http_max_connections}")
         require(self.max_text_chars >= 1, f"max_text_chars must be >= 1, got {self.max_text_chars}")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
         require(self.route_max_calls >= 0, f"route_max_calls must be >= 0, got {self.route_max_calls}")

@@ -15,6 +15,7 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,9 +25,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.core import errors
+from services.core.listener import HttpListener
 from services.core.status import INTERNAL_MESSAGE, StatusInterceptor, status_of
-from services.gateway.admission import Admission
-from services.gateway.backends import CallContext
+from services.gateway.admission import Admission, checked_request_id
+from services.gateway.backends import REQUEST_ID_KEY, CallContext
 from services.gateway.operations import GatewayOperations
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,13 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+# aiohttp's own refusals (no such path, wrong method, ...) in the envelope's terms.
+CODE_OF_HTTP_STATUS = {status: code for code, status in HTTP_STATUS.items()} | {
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+}
 TIMEOUT_HEADER = "x-timeout-ms"
+UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 SSE = "text/event-stream"
 JSON_LINES = "application/x-ndjson"
 
@@ -61,6 +69,17 @@ Unary = Callable[[Any, CallContext], Awaitable[Message]]
 Streaming = Callable[[Any, CallContext], AsyncIterator[Message]]
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """How much an HTTP caller may hold: body bytes, seconds to send the body, seconds to send a request head
+    (from connect or from the last response), and open connections."""
+
+    max_body_bytes: int
+    body_timeout_s: float
+    idle_timeout_s: float
+    max_connections: int
+
+
 class HttpBridge:
     """An aiohttp server on the gateway's event loop. Calls are counted by the gRPC server's interceptor, so
     metrics, in-flight accounting and draining cover both transports."""
@@ -71,13 +90,15 @@ class HttpBridge:
         admission: Admission,
         interceptor: StatusInterceptor,
         readiness: Callable[[], dict[str, bool]],
+        *,
+        limits: HttpLimits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._admission = admission
         self._interceptor = interceptor
         self._readiness = readiness
         self._ssl = ssl_context
-        app = web.Application()
+        app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_request_id_and_envelope])
         unary: dict[str, tuple[str, type[Message], Unary]] = {
             "/v1/route-message": ("RouteMessage", gateway_pb2.RouteMessageRequest, operations.route_message),
             "/v1/classify-texts": ("ClassifyTexts", gateway_pb2.ClassifyTextsRequest, operations.classify_texts),
@@ -94,28 +115,27 @@ class HttpBridge:
         )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._listener = HttpListener(
+            app, idle_timeout_s=limits.idle_timeout_s, max_connections=limits.max_connections, name="gateway HTTP"
+        )
+        self._body_timeout_s = limits.body_timeout_s
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl, reuse_port=False)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = await self._listener.start(host, port, self._ssl)
         return self.port
 
     async def aclose(self) -> None:
-        await self._runner.cleanup()
+        await self._listener.aclose()
 
     def _unary_handler(self, method: str, message_class: type[Message], operation: Unary) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
+            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID_KEY]
             try:
                 call, body = await self._accept(request, message_class)
-                request_id = call.request_id
                 response = await operation(body, call)
-                return web.json_response(to_json(response), headers={"x-request-id": request_id})
+                return web.json_response(to_json(response), headers={REQUEST_ID_KEY: request_id})
             except Exception as error:
                 code = status_of(error)
                 return _error_response(error, code, request_id, method)
@@ -130,11 +150,10 @@ class HttpBridge:
     def _stream_handler(self, method: str, message_class: type[Message], operation: Streaming) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request.headers.get("x-request-id", "")
+            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID_KEY]
             messages: AsyncIterator[Message] | None = None
             try:
                 call, body = await self._accept(request, message_class)
-                request_id = call.request_id
                 messages = operation(body, call)
                 first = await anext(messages)  # validation errors still get their own HTTP status
             except Exception as error:
@@ -150,7 +169,7 @@ class HttpBridge:
             response = web.StreamResponse(
                 headers={
                     "content-type": SSE if sse else JSON_LINES,
-                    "x-request-id": request_id,
+                    REQUEST_ID_KEY: request_id,
                     "cache-control": "no-cache",
                 }
             )
@@ -181,7 +200,7 @@ class HttpBridge:
         """What both kinds of handler do first: refuse while draining, admit the caller, parse the body."""
         self._interceptor.refuse_new_calls()
         call = self._admit(request)
-        return call, await _parse(request, message_class)
+        return call, await _parse(request, message_class, self._body_timeout_s)
 
     def _admit(self, request: web.Request) -> CallContext:
         timeout_ms = request.headers.get(TIMEOUT_HEADER)
@@ -191,7 +210,9 @@ class HttpBridge:
             raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
         if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
             raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
-        return self._admission.admit({k.lower(): v for k, v in request.headers.items()}, timeout_s)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        headers[REQUEST_ID_KEY] = request[REQUEST_ID_KEY]
+        return self._admission.admit(headers, timeout_s, request.remote or "-")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -203,12 +224,58 @@ class HttpBridge:
         return web.json_response(body, status=200 if ready else 503)
 
 
-async def _parse(request: web.Request, message_class: type[Message]) -> Message:
-    body = await request.text()
+@web.middleware
+async def _request_id_and_envelope(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every request gets its checked request id; aiohttp's own refusals (unknown path 404, wrong method 405, ...)
+    keep their status but answer in the JSON error envelope, logged as the caller's mistake."""
+    request_id = request[REQUEST_ID_KEY] = checked_request_id(request.headers.get(REQUEST_ID_KEY))
+    try:
+        return await handler(request)
+    except web.HTTPException as refusal:
+        if refusal.status < 400:
+            raise
+        code = CODE_OF_HTTP_STATUS.get(refusal.status, grpc.StatusCode.INVALID_ARGUMENT)
+        log.info(
+            "%s %s refused with %d %s (request %s)",
+            request.method,
+            request.path,
+            refusal.status,
+            refusal.reason,
+            request_id,
+        )
+        body = {"error": {"code": code.name, "message": refusal.reason, "requestId": request_id}}
+        headers = {REQUEST_ID_KEY: request_id}
+        if "allow" in refusal.headers:
+            headers["allow"] = refusal.headers["allow"]
+        return web.json_response(body, status=refusal.status, headers=headers)
+
+
+async def _parse(request: web.Request, message_class: type[Message], timeout_s: float) -> Message:
+    if request.charset is not None and request.charset.lower() not in UTF8_CHARSETS:
+        raise HttpRefusal(415, f"charset {request.charset!r} is not supported: send the JSON body as UTF-8")
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = (await request.read()).decode()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpRefusal(413, f"request body over the {request.client_max_size} byte limit") from None
+    except TimeoutError:
+        raise HttpRefusal(408, f"request body not received within {timeout_s:g} s") from None
+    except UnicodeDecodeError as error:
+        raise errors.InvalidArgument(f"request body is not valid UTF-8 (byte {error.start})") from None
     try:
         return json_format.Parse(body or "{}", message_class())
     except json_format.ParseError as error:
         raise errors.InvalidArgument(f"request body is not a valid {message_class.DESCRIPTOR.name}: {error}") from None
+    except RecursionError:
+        raise errors.InvalidArgument("request body nests JSON too deeply") from None
+
+
+class HttpRefusal(errors.InvalidArgument):
+    """A request refused for its HTTP form (body size, charset): INVALID_ARGUMENT with its own HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:
@@ -225,10 +292,11 @@ def _error_body(error: BaseException, code: grpc.StatusCode, request_id: str) ->
 
 def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
     _log_unexpected(error, code, request_id, method)
-    headers = {"x-request-id": request_id} if request_id else {}
+    headers = {REQUEST_ID_KEY: request_id}
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
-    return web.json_response(_error_body(error, code, request_id), status=http_status(code), headers=headers)
+    status = error.status if isinstance(error, HttpRefusal) else http_status(code)
+    return web.json_response(_error_body(error, code, request_id), status=status, headers=headers)
 
 
 def _log_unexpected(error: BaseException, code: grpc.StatusCode, request_id: str, method: str) -> None:

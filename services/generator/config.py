@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.core.config import knob, log_level_knob, max_connection_age_knob, require, require_server_knobs
+from services.core.config import (
+    knob,
+    log_level_knob,
+    max_connection_age_knob,
+    metrics_host_knob,
+    require,
+    require_server_knobs,
+)
 
 
 @dataclass(frozen=True)
@@ -12,6 +19,7 @@ class GeneratorConfig:
     host: str = knob("0.0.0.0", "address to listen on for gRPC")
     port: int = knob(50052, "gRPC port (0 picks a free one)")
     metrics_port: int = knob(9102, "Prometheus /metrics port (0 disables)")
+    metrics_host: str = metrics_host_knob()
     models: str = knob("models", "model repository folder (written by `python -m export`)")
     model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every generator)")
     max_running_sequences: int = knob(32, "most sequences decoded together in one step (the batch size)")

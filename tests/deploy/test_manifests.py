@@ -64,6 +64,7 @@ def test_probes_and_ports_are_the_ones_the_services_listen_on(overlay: str) -> N
         ports = pod_ports(deployment)
         assert ports["grpc"] == config.port
         assert ports["metrics"] == config.metrics_port
+        assert config.metrics_host == "0.0.0.0"  # the service listens on loopback by default: Prometheus is a pod
         if component.name == "gateway":
             assert ports["http"] == config.http_port
         probes = {kind: container[f"{kind}Probe"]["grpc"] for kind in ("startup", "readiness", "liveness")}
@@ -195,6 +196,7 @@ def test_compose_runs_the_same_services_with_real_settings() -> None:
             f"127.0.0.1:{config.port}",
             component.health_service,
         ]
+        assert config.metrics_host == "0.0.0.0"  # Prometheus scrapes from its own container
         if name == "gateway":
             assert config.classifier == f"dns:///classifier:{COMPONENTS['classifier'].config({}).port}"
             assert config.generator == f"dns:///generator:{COMPONENTS['generator'].config({}).port}"

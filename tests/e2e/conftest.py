@@ -18,8 +18,8 @@ from ecomserve.gateway.v1 import gateway_pb2_grpc
 from services.gateway.auth import hash_key
 from services.launcher import free_port, spawn, stop, wait_serving
 
-API_KEY = "test-key-1"
-OTHER_KEY = "test-key-2"
+API_KEY = "test-key-1-0123456789"
+OTHER_KEY = "test-key-2-0123456789"
 ROUTES = {"order_status": "orders", "refund": "refunds", "human": "human_agent"}
 GENERATOR_MODEL = "llama"
 
