@@ -9,6 +9,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -124,18 +125,21 @@ class ServingServer:
 
     async def drain(self, grace_s: float) -> None:
         """NOT_SERVING at once (load balancers stop sending), refuse new RPCs with UNAVAILABLE, let every RPC
-        already received finish within grace_s, then stop the transport."""
+        already received finish, and stop the transport once callers have stopped arriving (or grace_s passed)."""
         await self.set_serving(False)
         self.interceptor.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        # Idle must last a moment: RPCs the transport already received may still be on their way to a handler,
-        # and stopping the server would cancel them instead of answering them.
+        # Stopping the server cancels (CANCELLED, not retryable) the calls its transport received but not yet
+        # handed to a handler: while callers still arrive, some always are, so the server keeps answering
+        # UNAVAILABLE until QUIET_PERIOD_S passed without a new call.
         while loop.time() < deadline:
-            if await self.interceptor.wait_idle(deadline - loop.time()):
-                await asyncio.sleep(min(QUIET_PERIOD_S, max(0.0, deadline - loop.time())))
-                if self.interceptor.inflight == 0:
-                    break
+            if not await self.interceptor.wait_idle(deadline - loop.time()):
+                break
+            quiet_s = time.perf_counter() - self.interceptor.last_call_at
+            if quiet_s >= QUIET_PERIOD_S and self.interceptor.inflight == 0:
+                break
+            await asyncio.sleep(min(QUIET_PERIOD_S - quiet_s, max(0.0, deadline - loop.time())))
         if self.interceptor.inflight:
             log.warning(
                 "%d RPCs still running after the %.1f s grace period; cancelling them",

@@ -52,6 +52,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str) -> None:
         self._service = service
         self.inflight = 0
+        self.last_call_at = 0.0  # time.perf_counter() of the latest call's start
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -141,7 +142,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         metrics.INFLIGHT.labels(self._service).inc()
         self.inflight += 1
         self._idle.clear()
-        return time.perf_counter()
+        self.last_call_at = time.perf_counter()
+        return self.last_call_at
 
     def end(self, method: str, code: grpc.StatusCode, started: float) -> None:
         metrics.INFLIGHT.labels(self._service).dec()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -41,3 +42,45 @@ async def test_sigterm_under_load_completes_every_accepted_request(model_repo: P
         assert process.wait(timeout=30) == 0
         log = process.stderr.read().decode() if process.stderr else ""
         assert "draining" in log
+
+
+async def test_sigterm_while_callers_keep_sending_to_a_full_queue_answers_every_call(model_repo: Path) -> None:
+    """Callers that ignore health keep sending for seconds after SIGTERM: each call is served, refused as the
+    queue is full, or refused UNAVAILABLE while draining; none is CANCELLED by the transport stopping."""
+    with spawned_service(
+        "services.classifier",
+        model_repo,
+        "--model-names",
+        "intent",
+        "--max-queue-size",
+        "64",
+        "--inference-threads",
+        "1",
+        "--grace-period-s",
+        "20",
+    ) as (process, address):
+        await asyncio.to_thread(wait_serving, address, process, 60.0, "the classifier")
+        codes: Counter[str] = Counter()
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            request = pb.ClassifyRequest(model="intent", texts=["where is my order, it is late"] * 8)
+
+            async def call() -> None:
+                try:
+                    await stub.Classify(request, timeout=15)
+                    codes["OK"] += 1
+                except grpc.aio.AioRpcError as error:
+                    codes[error.code().name] += 1
+
+            loop = asyncio.get_running_loop()
+            calls = []
+            started = loop.time()
+            while loop.time() - started < 4.0:  # open loop, bursts of 20 calls every 10 ms, SIGTERM after 1 s
+                calls += [asyncio.ensure_future(call()) for _ in range(20)]
+                if len(calls) == 2000:
+                    process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*calls)
+        assert codes["OK"] and codes["UNAVAILABLE"], codes
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
+        assert process.wait(timeout=30) == 0
