@@ -32,7 +32,11 @@ class GeneratorConfig:
     max_input_tokens: int = knob(1024, "longest prompt in tokens, chat template included")
     max_new_tokens: int = knob(512, "most tokens one request may generate")
     default_max_new_tokens: int = knob(128, "max_new_tokens of a request that sets none")
-    max_waiting_requests: int = knob(64, "most requests waiting to start; past it RESOURCE_EXHAUSTED at once")
+    max_waiting_requests: int = knob(
+        64,
+        "most requests waiting to start beyond the running ones: past max_running_sequences + this many requests "
+        "running or waiting, RESOURCE_EXHAUSTED at once",
+    )
     max_stop_sequences: int = knob(8, "most stop sequences per request")
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")

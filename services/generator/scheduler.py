@@ -46,9 +46,9 @@ class SchedulerBudgets:
 
 
 class ContinuousScheduler:
-    """Runs submitted sequences to completion in a shared, changing batch. `submit` raises QueueFull past
-    max_waiting_requests and Unavailable while closing; expired waiting sequences receive DeadlineExceeded; a
-    failed step gives every running sequence a ModelFailure."""
+    """Runs submitted sequences to completion in a shared, changing batch. `submit` raises QueueFull when
+    max_running_sequences + max_waiting_requests are running or waiting, and Unavailable while closing; expired
+    waiting sequences receive DeadlineExceeded; a failed step gives every running sequence a ModelFailure."""
 
     def __init__(
         self,
@@ -75,7 +75,10 @@ class ContinuousScheduler:
         self._failures = FailureStreak(model_label, "decode steps", on_fatal)
         metrics.RUNNING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._running))
         metrics.WAITING_SEQUENCES.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
-        metrics.QUEUE_DEPTH.labels(SERVICE, model_label).set_function(lambda: len(self._waiting))
+        # The queue that fills up to RESOURCE_EXHAUSTED: requests waiting beyond the free running slots.
+        metrics.QUEUE_DEPTH.labels(SERVICE, model_label).set_function(
+            lambda: max(0, len(self._running) + len(self._waiting) - budgets.max_running_sequences)
+        )
         metrics.QUEUE_CAPACITY.labels(SERVICE, model_label).set(budgets.max_waiting_requests)
 
     @property
@@ -90,10 +93,14 @@ class ContinuousScheduler:
         """Queue a sequence; its deltas arrive on `sequence.events`."""
         if self._closing or self._task is None:
             raise Unavailable("the server is draining and accepts no new work; retry on another replica")
-        if len(self._waiting) >= self._budgets.max_waiting_requests:
+        # Requests that arrive together wait for the next step even while slots are free: the limit is on
+        # everything taken in, so that those slots are not counted against the waiting room.
+        budgets, running = self._budgets, self.running
+        if running + len(self._waiting) >= budgets.max_running_sequences + budgets.max_waiting_requests:
             raise QueueFull(
-                f"{len(self._waiting)} requests are waiting, max_waiting_requests="
-                f"{self._budgets.max_waiting_requests}; retry with backoff"
+                f"{running} requests running and {len(self._waiting)} waiting: at most max_running_sequences="
+                f"{budgets.max_running_sequences} + max_waiting_requests={budgets.max_waiting_requests} at once; "
+                "retry with backoff"
             )
         self._waiting.append(sequence)
         self._wakeup.set()

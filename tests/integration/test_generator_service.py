@@ -239,6 +239,19 @@ async def test_waiting_requests_are_bounded(generator) -> None:
         assert model.scheduler.running == 0
 
 
+async def test_requests_arriving_together_are_refused_only_past_running_plus_waiting(generator) -> None:
+    """Ten at once against 4 running slots and 4 waiting places: two refused (free slots are no waiting room)."""
+    async with generator(max_running_sequences=4, max_waiting_requests=4) as app, generator_stub_for(app) as stub:
+        calls = [stub.Generate(request(prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=40)) for i in range(10)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
+        assert all("max_running_sequences=4 + max_waiting_requests=4" in (o.details() or "") for o in refused)
+        assert len(refused) <= 2 and len(outcomes) - len(refused) >= 8
+        _, model = app.registry.get("llama")
+        assert model.scheduler.running == 0
+
+
 def _messages(*roles: str) -> list[pb.ChatMessage]:
     return [pb.ChatMessage(role=role, content="where is my order") for role in roles]
 
