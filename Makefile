@@ -29,7 +29,7 @@ help:
 	@echo "make demo              export the default models, start the stack, call it through the gateway, stop it"
 	@echo "make up | down         the stack in the background (+ Prometheus on :9090); logs and pids in $(RUN)/"
 	@echo "make test              set up what the suite needs and run it"
-	@echo "make bench             export limits, classifier, generator and gateway benchmarks (JSON under bench/results/)"
+	@echo "make bench             export limits, classifier, generator, gateway and overload benchmarks (JSON in bench/results/)"
 	@echo "make serve-classifier  run the classifier on :$(CLASSIFIER_PORT) (metrics :$(CLASSIFIER_METRICS_PORT))"
 	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
 	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key, keys of 16+ characters)"
@@ -132,6 +132,7 @@ bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
+	$(PY) -m bench.overload --models $(MODELS) | tee bench/results/overload.json
 
 serve-classifier: $(PB_STAMP)
 	$(PY) -m services.classifier --models $(MODELS) --port $(CLASSIFIER_PORT) --metrics-port $(CLASSIFIER_METRICS_PORT)

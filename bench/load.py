@@ -73,19 +73,24 @@ class _Tally:
     measure_from: float
     latencies: list[float] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
+    error_latencies: dict[str, list[float]] = field(default_factory=dict)
     # generate-stream only
     ttfts: list[float] = field(default_factory=list)
     inter_token: list[float] = field(default_factory=list)
     per_output_token: list[float] = field(default_factory=list)
     tokens: int = 0
     measure_until: float = float("inf")
+    drained_s: float = 0.0  # after the window, until the last call it started ended
 
     def record(self, started: float, code: str) -> None:
         if started < self.measure_from:
             return
         self.codes[code] += 1
+        elapsed = time.perf_counter() - started
         if code == "OK":
-            self.latencies.append(time.perf_counter() - started)
+            self.latencies.append(elapsed)
+        else:
+            self.error_latencies.setdefault(code, []).append(elapsed)
 
 
 async def run_load(options: LoadOptions) -> dict[str, Any]:
@@ -110,6 +115,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             await _closed_loop(call, options.concurrency, stop_at, options.ramp_up_s)
         if progress:
             progress.cancel()
+        tally.drained_s = max(0.0, time.perf_counter() - stop_at)
     return _summary(options, tally)
 
 
@@ -266,9 +272,11 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
         "top_k": options.top_k,
         "duration_s": options.duration_s,
         "requests_ok": len(tally.latencies),
+        "drained_s": round(tally.drained_s, 3),
         "throughput_rps": round(len(tally.latencies) / options.duration_s, 2),
         "latency_ms": latency_summary_ms(tally.latencies),
         "codes": dict(tally.codes),
+        "error_latency_ms": {code: latency_summary_ms(times) for code, times in tally.error_latencies.items()},
     }
     if options.rpc == "generate-stream":
         report.update(

@@ -49,6 +49,7 @@ class ClassifierApp:
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue_size=config.max_queue_size,
             max_concurrent_batches=config.max_concurrent_batches,
+            max_queue_time_s=config.max_queue_time_s,
             inference_threads=inference_threads,
             run_overhead_tokens=config.run_overhead_tokens,
             batch_invariant=config.batch_invariant,

@@ -30,6 +30,11 @@ class ClassifierConfig:
         "is free, with every text queued by then)",
     )
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
+    max_queue_time_s: float = knob(
+        0.0,
+        "refuse at once (RESOURCE_EXHAUSTED with a retry hint) a request whose texts, behind those queued, would take "
+        "longer than this at the measured rate (0: no limit but the request's own deadline, which always applies)",
+    )
     max_concurrent_batches: int = knob(
         1, "batches in flight per model (the next one forms while they run); their runs share the inference threads"
     )
@@ -61,6 +66,7 @@ class ClassifierConfig:
         require(self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}")
         require(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        require(self.max_queue_time_s >= 0, f"max_queue_time_s must be >= 0, got {self.max_queue_time_s}")
         require(self.max_concurrent_batches >= 1, "max_concurrent_batches must be >= 1")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
         require(self.run_overhead_tokens >= 0, f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")

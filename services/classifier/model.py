@@ -28,7 +28,7 @@ from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
 from services.core.padding import length_groups, spread
 from services.core.repository import ModelVersion
-from services.core.runner import FailureStreak, OnnxRunner
+from services.core.runner import FailureStreak, OnnxRunner, inference_thread_priority
 
 log = logging.getLogger(__name__)
 SERVICE = "classifier"
@@ -46,6 +46,7 @@ class BatchingOptions:
     max_queue_delay_ms: float
     max_queue_size: int
     max_concurrent_batches: int
+    max_queue_time_s: float = 0.0
     inference_threads: int = 1
     run_overhead_tokens: float = 0.0  # 0: measured at warm-up
     batch_invariant: bool = True
@@ -97,7 +98,9 @@ class ClassifierModel:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_length)
         self._tokenize_pool = tokenize_pool
-        self._infer_pool = ThreadPoolExecutor(batching.inference_threads, thread_name_prefix="onnx")
+        self._infer_pool = ThreadPoolExecutor(
+            batching.inference_threads, thread_name_prefix="onnx", initializer=inference_thread_priority
+        )
         self._inference_threads = batching.inference_threads
         self._failures = FailureStreak(self._label, "batches", on_fatal)
         # A text's scores must not depend on the texts it is batched with: models that quantize activations per
@@ -110,6 +113,7 @@ class ClassifierModel:
             max_wait_s=batching.max_queue_delay_ms / 1000,
             max_queue_size=batching.max_queue_size,
             max_concurrent_batches=batching.max_concurrent_batches,
+            max_queue_time_s=batching.max_queue_time_s,
             size_of=lambda item: item.length,
             on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(SERVICE, self._label, reason).inc(n),
         )
@@ -157,6 +161,7 @@ class ClassifierModel:
     async def classify(
         self, texts: Sequence[str], top_k: int, truncate: bool, deadline: float | None
     ) -> list[Classification]:
+        self.batcher.admit(len(texts), deadline)  # an overloaded replica refuses before it spends work
         loop = asyncio.get_running_loop()
         encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, texts, truncate)
         probabilities = await self.batcher.submit_many([item for item, _ in encoded], deadline)

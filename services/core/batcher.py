@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -37,6 +38,10 @@ class DynamicBatcher(Generic[I, O]):
     - When more items wait than fit, the batch takes the oldest item and the items whose `size_of` is nearest
       to it (length bucketing: one pad length per batch wastes little).
     - At most `max_queue_size` items wait; `submit_many` admits all of a request's items or raises QueueFull.
+    - Admission by time: the batcher measures its service rate (items per second while a batch runs) and
+      refuses at once (QueueFull with a retry hint) items that, behind the items queued and running, would not be
+      done within a share of their deadline or within `max_queue_time_s` (0: no such limit). Under overload the
+      queue so stays as long as callers are willing to wait, and callers learn it at once instead of timing out.
     - Items whose caller cancelled leave the queue at once; items whose deadline passed are failed with
       DeadlineExceeded before they run. A cancelled caller's future never receives a result.
     - Up to `max_concurrent_batches` handler calls run at once (1: the next batch forms while one runs).
@@ -55,6 +60,7 @@ class DynamicBatcher(Generic[I, O]):
         max_wait_s: float,
         max_queue_size: int,
         max_concurrent_batches: int = 1,
+        max_queue_time_s: float = 0.0,
         size_of: Callable[[I], int] = lambda _: 0,
         on_drop: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -73,6 +79,9 @@ class DynamicBatcher(Generic[I, O]):
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._max_queue_time_s = max_queue_time_s
+        self.rate = ServiceRate()
+        self._running_items = 0
 
     @property
     def depth(self) -> int:
@@ -87,17 +96,43 @@ class DynamicBatcher(Generic[I, O]):
         """Queue one item and wait for its result; `deadline` is an absolute `loop.time()`."""
         return (await self.submit_many([item], deadline))[0]
 
-    async def submit_many(self, items: Sequence[I], deadline: float | None = None) -> list[O]:
-        """Queue all items (or none: QueueFull) and wait for all their results, in order."""
+    def admit(self, count: int, deadline: float | None = None) -> None:
+        """Raise (Unavailable while closing, QueueFull when full or when the measured rate says `count` items would
+        not be done in time) or return: what `submit_many` checks first, and callers may check before they spend
+        work on a request (tokenizing it, say)."""
         if self._closing or self._task is None:
             raise Unavailable("the server is draining and accepts no new work; retry on another replica")
-        if len(self._queue) + len(items) > self._max_queue_size:
+        if len(self._queue) + count > self._max_queue_size:
             raise QueueFull(
-                f"queue full: {len(self._queue)} items waiting, {len(items)} more would exceed "
+                f"queue full: {len(self._queue)} items waiting, {count} more would exceed "
                 f"max_queue_size={self._max_queue_size}; retry with backoff"
             )
+        per_s = self.rate.per_s
+        if per_s is None:
+            return
+        ahead = self._running_items + len(self._queue)
+        expected_s = (ahead + count) / per_s
+        limits = []
+        if deadline is not None:
+            limits.append((DEADLINE_SHARE * (deadline - asyncio.get_running_loop().time()), "of this call's deadline"))
+        if self._max_queue_time_s > 0:
+            limits.append((self._max_queue_time_s, "max_queue_time_s"))
+        for allowed_s, which in limits:
+            if expected_s > allowed_s:
+                error = QueueFull(
+                    f"overloaded: {ahead} items ahead at the measured {per_s:.0f} items/s would take about "
+                    f"{expected_s:.2f} s, more than the {max(allowed_s, 0.0):.2f} s allowed ({which}); retry later or "
+                    "on another replica"
+                )
+                error.retry_after_s = max(ahead / per_s - max(allowed_s, 0.0), MIN_RETRY_AFTER_S)
+                raise error
+
+    async def submit_many(self, items: Sequence[I], deadline: float | None = None) -> list[O]:
+        """Queue all items (or none: see `admit`) and wait for all their results, in order."""
+        self.admit(len(items), deadline)
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._account_busy(now)
         futures = []
         for item in items:
             pending: _Pending[I, O] = _Pending(item, loop.create_future(), now, deadline, self._size_of(item))
@@ -116,6 +151,11 @@ class DynamicBatcher(Generic[I, O]):
             await self._task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _account_busy(self, now: float) -> None:
+        """Before the state changes: the time since the last change was busy when items waited or ran. Waiting
+        counts too, so that under load the rate includes the loop's own time between batches."""
+        self.rate.busy(now, self._running_items > 0 or bool(self._queue))
 
     def _forget_if_cancelled(self, key: int) -> Callable[[asyncio.Future[O]], None]:
         def forget(future: asyncio.Future[O]) -> None:
@@ -139,6 +179,8 @@ class DynamicBatcher(Generic[I, O]):
             if not live:
                 self._slots.release()
                 continue
+            self._account_busy(loop.time())
+            self._running_items += len(live)
             task = loop.create_task(self._complete(live, self._start(live)))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -194,6 +236,9 @@ class DynamicBatcher(Generic[I, O]):
             # (a CancelledError too: one from the handler's own calls, say, must not leave the callers waiting)
             results = [error] * len(batch)
         finally:
+            self._account_busy(asyncio.get_running_loop().time())
+            self.rate.completed(len(batch))
+            self._running_items -= len(batch)
             self._slots.release()  # before delivering: the next batch starts ahead of the callers' wake-ups
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
@@ -202,6 +247,40 @@ class DynamicBatcher(Generic[I, O]):
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+
+
+# An item is admitted when it would be done within this share of the time its deadline leaves: the estimate is a
+# mean, and a call that finishes just past its deadline is as lost as one refused.
+DEADLINE_SHARE = 0.5
+MIN_RETRY_AFTER_S = 0.05
+
+
+class ServiceRate:
+    """Items completed per second of busy time (time in which items waited or ran), both decayed with a time constant of
+    `horizon_s` busy seconds, so the rate follows the recent load mix. None until `min_busy_s` was measured."""
+
+    def __init__(self, horizon_s: float = 5.0, min_busy_s: float = 0.05) -> None:
+        self._horizon_s = horizon_s
+        self._min_busy_s = min_busy_s
+        self._items = 0.0
+        self._busy_s = 0.0
+        self._mark = 0.0
+
+    def busy(self, now: float, was_busy: bool) -> None:
+        """Account the time since the last call as busy when there was work all through it."""
+        if was_busy and now > self._mark:
+            elapsed = now - self._mark
+            decay = math.exp(-elapsed / self._horizon_s)
+            self._items *= decay
+            self._busy_s = self._busy_s * decay + elapsed
+        self._mark = now
+
+    def completed(self, items: int) -> None:
+        self._items += items
+
+    @property
+    def per_s(self) -> float | None:
+        return self._items / self._busy_s if self._busy_s >= self._min_busy_s and self._items > 0 else None
 
 
 async def _failed(error: Exception) -> Sequence[Any]:

@@ -6,7 +6,10 @@ FailureStreak decides when failing runs mean the replica must stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,9 @@ from services.core.errors import ModelFailure
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+# Niceness of the threads that run inference: the event loop and gRPC's threads (admission, refusals, answers) take
+# the CPU first when both want it, and inference still gets every cycle they leave.
+INFERENCE_NICENESS = 10
 # After this many failed runs (batches, decode steps) in a row, the replica stops (NOT_SERVING, exit non-zero).
 MAX_CONSECUTIVE_FAILURES = 3
 CPU = "CPUExecutionProvider"
@@ -30,6 +36,13 @@ class RuntimeOptions:
 
     device: str = "auto"
     intra_op_threads: int = 0
+
+
+def inference_thread_priority() -> None:
+    """Thread-pool initializer of inference threads: lower this thread's CPU priority (Linux schedules threads
+    one by one; raising one's own niceness needs no privilege). Where it is refused, the thread runs as it is."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INFERENCE_NICENESS)
 
 
 def choose_providers(device: str) -> list[str]:

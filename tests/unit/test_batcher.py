@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.core.batcher import DynamicBatcher
+from services.core.batcher import DynamicBatcher, ServiceRate
 from services.core.errors import DeadlineExceeded, QueueFull, Unavailable
 
 
@@ -202,4 +202,45 @@ async def test_an_expired_item_cancelled_as_the_slot_frees_leaves_the_batcher_ru
     with pytest.raises(asyncio.CancelledError):
         await expiring
     assert await asyncio.wait_for(batcher.submit(3), 1.0) == 30
+    await batcher.aclose()
+
+
+def test_service_rate_counts_items_per_busy_second_only() -> None:
+    rate = ServiceRate(horizon_s=1000.0)
+    assert rate.per_s is None
+    rate.busy(10.0, False)  # idle until 10 s: not counted
+    rate.busy(10.5, True)
+    rate.completed(50)
+    rate.busy(20.0, False)  # idle again
+    rate.busy(20.5, True)
+    rate.completed(50)
+    assert rate.per_s == pytest.approx(100.0, rel=1e-3)
+
+
+async def test_items_that_could_not_finish_before_their_deadline_are_refused_at_once() -> None:
+    handler = Recorder(delay=0.05)  # 4 items per 50 ms: about 80 items/s
+    batcher = make(handler, max_wait_s=0.0)
+    await asyncio.gather(*(batcher.submit(i) for i in range(16)))  # measures the rate
+    assert batcher.rate.per_s == pytest.approx(80, rel=0.5)
+    loop = asyncio.get_running_loop()
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(12)]  # ~0.15 s of work ahead
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull) as refused:
+        batcher.admit(1, deadline=loop.time() + 0.05)  # raised before any wait: the caller knows at once
+    assert "overloaded" in str(refused.value)
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
+    assert await batcher.submit(7, deadline=loop.time() + 5.0) == 70  # a caller that can wait is served
+    await asyncio.gather(*queued)
+    await batcher.aclose()
+
+
+async def test_max_queue_time_refuses_callers_without_a_deadline_too() -> None:
+    batcher = make(Recorder(delay=0.05), max_wait_s=0.0, max_queue_time_s=0.1)  # about 8 items at 80/s
+    await asyncio.gather(*(batcher.submit(i) for i in range(16)))
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="max_queue_time_s"):
+        await batcher.submit_many([99] * 4)
+    await asyncio.gather(*queued)
+    assert await batcher.submit(1) == 10  # the queue drained: admitted again
     await batcher.aclose()
