@@ -29,9 +29,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_serving(address: str, child: subprocess.Popen[bytes], timeout_s: float, name: str = "service") -> None:
+def wait_serving(
+    address: str,
+    child: subprocess.Popen[bytes],
+    timeout_s: float,
+    name: str = "service",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child.poll() is not None:

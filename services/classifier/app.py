@@ -16,6 +16,7 @@ from services.core.manifest import TASK_CLASSIFICATION
 from services.core.repository import ModelVersion, Registry, discover
 from services.core.runner import CUDA, OnnxRunner, RuntimeOptions, choose_providers
 from services.core.server import ServingServer
+from services.core.tls import configured_credentials
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
@@ -36,6 +37,7 @@ class ClassifierApp:
             max_connection_age_s=config.max_connection_age_s,
             grace_s=config.grace_period_s,
             register=lambda server: classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(servicer, server),
+            credentials=configured_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file),
         )
 
     async def load(self) -> None:

@@ -12,6 +12,10 @@ from services.core.config import (
     metrics_host_knob,
     require,
     require_server_knobs,
+    require_tls_knobs,
+    tls_cert_knob,
+    tls_client_ca_knob,
+    tls_key_knob,
 )
 
 
@@ -57,12 +61,16 @@ class ClassifierConfig:
         0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
+    tls_cert_file: str = tls_cert_knob()
+    tls_key_file: str = tls_key_knob()
+    tls_client_ca_file: str = tls_client_ca_knob()
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)
+        require_tls_knobs(self)
         require(self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}")
         require(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")

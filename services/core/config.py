@@ -92,6 +92,37 @@ def metrics_host_knob() -> Any:
     )
 
 
+def tls_cert_knob() -> Any:
+    """The tls_cert_file knob of the backends (checked by require_tls_knobs)."""
+    return knob(
+        "",
+        "PEM certificate chain: serve gRPC over TLS (with --tls-key-file); re-read for new connections when the "
+        "files change",
+    )
+
+
+def tls_key_knob() -> Any:
+    return knob("", "PEM private key of --tls-cert-file")
+
+
+def tls_client_ca_knob() -> Any:
+    return knob(
+        "",
+        "PEM CA certificate(s): mutual TLS, only clients presenting a certificate signed by them may connect (the "
+        "gateway's --backend-tls-cert-file)",
+    )
+
+
+def require_tls_knobs(config: Any) -> None:
+    require(
+        bool(config.tls_cert_file) == bool(config.tls_key_file), "tls_cert_file and tls_key_file must be given together"
+    )
+    require(
+        not config.tls_client_ca_file or bool(config.tls_cert_file),
+        "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file",
+    )
+
+
 def log_level_knob() -> Any:
     """The log_level knob every service has (checked by require_server_knobs)."""
     return knob("info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")

@@ -4,19 +4,21 @@ lifecycle. Used by __main__ and by tests."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-import grpc
 from ecomserve.classifier.v1 import classifier_pb2
+from ecomserve.classifier.v1.classifier_pb2_grpc import ClassifierServiceStub
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2
+from ecomserve.generator.v1.generator_pb2_grpc import GeneratorServiceStub
 
 from services.core.server import ServingServer
+from services.core.tls import configured_credentials, watch_files
 from services.gateway.admission import SERVICE, Admission
 from services.gateway.auth import ApiKeys, RateLimiter
 from services.gateway.backends import Backend
@@ -28,8 +30,8 @@ from services.gateway.servicer import GatewayServicer
 from services.gateway.templates import PromptTemplates
 
 log = logging.getLogger(__name__)
-# How often the API keys file is checked for changes (SIGHUP reloads it at once).
-KEYS_POLL_S = 2.0
+# How often the API keys and TLS files are checked for changes (SIGHUP re-reads them at once).
+FILES_POLL_S = 2.0
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
@@ -45,19 +47,24 @@ class GatewayApp:
         if keys.open:
             log.warning("no API keys: every caller is accepted (--allow-unauthenticated)")
 
-        def backend(name: str, addresses: str, service_name: str) -> Backend:
+        tls = config.backend_tls
+
+        def backend(name: str, addresses: str, service_name: str, stub_class: Any) -> Backend:
             return Backend(
                 name,
                 addresses,
                 service_name,
+                stub_class,
                 max_attempts=config.max_attempts,
                 default_timeout_s=config.default_timeout_s,
                 deadline_margin_s=config.deadline_margin_ms / 1000,
+                tls=tls,
             )
 
-        self.backends = [backend("classifier", config.classifier, CLASSIFIER_SERVICE)]
+        classifier = backend("classifier", config.classifier, CLASSIFIER_SERVICE, ClassifierServiceStub)
+        self.backends = [classifier]
         if config.generator.strip():
-            self.backends.append(backend("generator", config.generator, GENERATOR_SERVICE))
+            self.backends.append(backend("generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub))
         templates = PromptTemplates.load(Path(config.templates))
         self.operations = operations = GatewayOperations(
             classifier=self.backends[0],
@@ -78,7 +85,6 @@ class GatewayApp:
             auth_failures=RateLimiter(config.auth_failures_per_s, config.auth_failure_burst),
         )
         servicer = GatewayServicer(operations, admission)
-        cert, key = _read_tls(config)
         self.server = ServingServer(
             service=SERVICE,
             service_names=[SERVICE_NAME],
@@ -87,9 +93,10 @@ class GatewayApp:
             grace_s=config.grace_period_s,
             register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
             ready=lambda: all(backend.ready for backend in self.backends),
-            credentials=None if cert is None else grpc.ssl_server_credentials([(key, cert)]),
+            credentials=configured_credentials(config.tls_cert_file, config.tls_key_file),
             max_receive_bytes=config.max_request_bytes,
         )
+        self._ssl_context = _ssl_context(config)
         self.http = None
         if config.http_port >= 0:
             self.http = HttpBridge(
@@ -103,10 +110,10 @@ class GatewayApp:
                     idle_timeout_s=config.http_idle_timeout_s,
                     max_connections=config.http_max_connections,
                 ),
-                ssl_context=_ssl_context(config) if cert else None,
+                ssl_context=self._ssl_context,
             )
         self._watchers: list[asyncio.Task[None]] = []
-        self._reload_keys = asyncio.Event()
+        self._reload_events: list[asyncio.Event] = []  # one per watcher of files, set on SIGHUP
         log.info(
             "RouteMessage: up to %d Classify calls in flight, %d messages each",
             config.route_calls,
@@ -119,9 +126,12 @@ class GatewayApp:
         for backend in self.backends:
             log.info("%s backend: %s", backend.name, backend.target)
             self._watchers.append(asyncio.create_task(backend.watch(self.server.refresh_health)))
-        if self.config.api_keys_file:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_keys.set)
-            self._watchers.append(asyncio.create_task(self._follow_keys_file()))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_now)
+        config = self.config
+        self._follow([config.api_keys_file] if config.api_keys_file else [], self._reload_keys)
+        self._follow(self._server_tls_files(), self._reload_http_certificate)
+        if config.backend_tls is not None:
+            self._follow(config.backend_tls.paths, self._renew_backend_channels)
         if self.http is not None:
             port = await self.http.start(self.config.host, self.config.http_port)
             log.info("gateway HTTP on port %d", port)
@@ -130,24 +140,35 @@ class GatewayApp:
         config = self.config
         return ApiKeys.load(config.api_keys_file, config.api_keys, allow_unauthenticated=config.allow_unauthenticated)
 
-    async def _follow_keys_file(self) -> None:
-        """Re-read the keys file when it changes (a rotated Kubernetes Secret swaps it) or on SIGHUP; a file that
-        cannot be read or parsed is logged and the keys in use stay."""
-        seen = _file_version(self.config.api_keys_file)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_keys.wait(), KEYS_POLL_S)
-            version = _file_version(self.config.api_keys_file)
-            if version == seen and not self._reload_keys.is_set():
-                continue
-            self._reload_keys.clear()
-            seen = version
-            try:
-                self.admission.keys = self._load_keys()
-            except (OSError, ValueError) as error:
-                log.error("API keys file %s not reloaded, the previous keys stay: %s", self.config.api_keys_file, error)
-            else:
-                log.info("API keys reloaded from %s", self.config.api_keys_file)
+    def _follow(self, paths: list[str], on_change: Callable[[], Awaitable[None] | None]) -> None:
+        if paths:
+            now = asyncio.Event()
+            self._reload_events.append(now)
+            self._watchers.append(asyncio.create_task(watch_files(paths, on_change, poll_s=FILES_POLL_S, now=now)))
+
+    def _reload_now(self) -> None:
+        """SIGHUP: every watched file is re-read at once."""
+        for event in self._reload_events:
+            event.set()
+
+    def _reload_keys(self) -> None:
+        """A rotated keys file (a Kubernetes Secret swaps it) takes effect for the next call."""
+        self.admission.keys = self._load_keys()
+        log.info("API keys reloaded from %s", self.config.api_keys_file)
+
+    def _server_tls_files(self) -> list[str]:
+        """The HTTP listener's certificate files (gRPC's credentials re-read theirs themselves)."""
+        if self._ssl_context is None:
+            return []
+        return [self.config.tls_cert_file, self.config.tls_key_file]
+
+    def _reload_http_certificate(self) -> None:
+        assert self._ssl_context is not None
+        self._ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)  # next handshakes
+        log.info("HTTP TLS certificate reloaded from %s", self.config.tls_cert_file)
+
+    async def _renew_backend_channels(self) -> None:
+        await asyncio.gather(*(backend.renew_channel() for backend in self.backends))
 
     async def close(self) -> None:
         for watcher in self._watchers:
@@ -160,22 +181,9 @@ class GatewayApp:
             await backend.aclose()
 
 
-def _file_version(path: str) -> tuple[float, int, int] | None:
-    """What tells that a file changed: modification time, size and inode (None while it is missing)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime, stat.st_size, stat.st_ino
-
-
-def _read_tls(config: GatewayConfig) -> tuple[bytes | None, bytes | None]:
+def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     if not config.tls_cert_file:
-        return None, None
-    return Path(config.tls_cert_file).read_bytes(), Path(config.tls_key_file).read_bytes()
-
-
-def _ssl_context(config: GatewayConfig) -> ssl.SSLContext:
+        return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
     return context

@@ -9,6 +9,7 @@ Backend failures become the gateway's domain errors, naming the backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services.core import errors, metrics
+from services.core.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,24 @@ KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 # Replicas come back within seconds on Kubernetes; gRPC's default backoff grows to 120 s.
 MAX_RECONNECT_BACKOFF_MS = 2_000
+# A replaced channel (rotated TLS files) stays open this long for the calls still on it (streams included).
+CHANNEL_CLOSE_GRACE_S = 300.0
+RENEW_CONNECT_S = 10.0
+
+
+@dataclass(frozen=True)
+class BackendTls:
+    """TLS to the backends: the CA that signed their certificates, the gateway's client certificate and key (for
+    backends that require mutual TLS), and the name to expect in their certificates when it is not the address's."""
+
+    ca_file: str
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path in (self.ca_file, self.cert_file, self.key_file) if path]
 
 
 @dataclass(frozen=True)
@@ -121,32 +143,57 @@ class Backend:
         name: str,
         addresses: str,
         service_name: str,
+        stub_class: Callable[[grpc.aio.Channel], Any],
         *,
         max_attempts: int,
         default_timeout_s: float,
         deadline_margin_s: float,
+        tls: BackendTls | None = None,
     ) -> None:
         self.name = name
         self.target = channel_target(addresses)
         self._default_timeout_s = default_timeout_s
         self._margin_s = deadline_margin_s
-        self.channel = grpc.aio.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.service_config", service_config(service_name, max_attempts)),
-                ("grpc.enable_retries", 1),
-                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-                # Never idle: `ready` (and so failing fast) follows the channel's state, which an idle channel
-                # would leave READY only after a reconnect.
-                ("grpc.client_idle_timeout_ms", 2**31 - 1),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ],
-        )
+        self._stub_class = stub_class
+        self.tls = tls
+        self._options = [
+            ("grpc.service_config", service_config(service_name, max_attempts)),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            # Never idle: `ready` (and so failing fast) follows the channel's state, which an idle channel
+            # would leave READY only after a reconnect.
+            ("grpc.client_idle_timeout_ms", 2**31 - 1),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ]
+        if tls is not None and tls.server_name:
+            self._options.append(("grpc.ssl_target_name_override", tls.server_name))
+        self.channel = self._open_channel()
+        self._stub = stub_class(self.channel)
+        self._renewed = asyncio.Event()
         self.ready = False
         metrics.BACKEND_READY.labels(name).set(0)
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self._options)
+        credentials = channel_credentials(self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
+        return grpc.aio.secure_channel(self.target, credentials, options=self._options)
+
+    async def renew_channel(self) -> None:
+        """A new channel with the TLS files as they are now (a rotated client certificate); calls in flight
+        finish on the old one, which closes after them (at most CHANNEL_CLOSE_GRACE_S). The new channel takes
+        over once it reaches a SERVING replica (or after RENEW_CONNECT_S), so new calls never find it connecting."""
+        new = self._open_channel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.channel_ready(), RENEW_CONNECT_S)
+        old, self.channel = self.channel, new
+        self._stub = self._stub_class(self.channel)
+        self._renewed.set()  # `watch` follows the new channel from now on
+        log.info("%s backend: new channel with the TLS files re-read", self.name)
+        await old.close(CHANNEL_CLOSE_GRACE_S)
 
     async def watch(self, on_change: Callable[[], Awaitable[None]]) -> None:
         """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled."""
@@ -164,13 +211,22 @@ class Backend:
                     "a replica is SERVING" if ready else f"no SERVING replica ({state.name})",
                 )
                 await on_change()
-            await self.channel.wait_for_state_change(state)
+            changed = asyncio.ensure_future(self.channel.wait_for_state_change(state))
+            renewed = asyncio.ensure_future(self._renewed.wait())
+            try:
+                await asyncio.wait({changed, renewed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                renewed.cancel()
+            self._renewed.clear()
 
-    async def unary(self, method: str, rpc: Any, request: Any, call: CallContext) -> Any:
+    async def unary(self, method: str, request: Any, call: CallContext) -> Any:
+        """Call the unary RPC `method` of the backend's service."""
         self._refuse_unless_ready(method)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            rpc = getattr(self._stub, method)
             pending = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
@@ -181,10 +237,12 @@ class Backend:
         finally:
             self._record(method, code, started)
 
-    async def stream(self, method: str, rpc: Any, request: Any, call: CallContext) -> AsyncIterator[Any]:
+    async def stream(self, method: str, request: Any, call: CallContext) -> AsyncIterator[Any]:
+        """Call the server-streaming RPC `method` of the backend's service."""
         self._refuse_unless_ready(method)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        rpc = getattr(self._stub, method)
         responses = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
         try:
             async for response in responses:
@@ -235,7 +293,10 @@ class Backend:
             return asyncio.CancelledError()
         passed_through = PASSED_THROUGH.get(code)
         if passed_through is not None:
-            return passed_through(details)  # the backend's message already names the field and the limit
+            passed = passed_through(details)  # the backend's message already names the field and the limit
+            if isinstance(passed, errors.ResourceExhausted):
+                passed.retry_after_s = retry_after_s(error)
+            return passed
         # The backend's own bug: logged here with the request id, INTERNAL to the caller.
         return BackendFailure(f"{self.name} backend failed with {code.name} ({details}); request {call.request_id}")
 
@@ -247,6 +308,16 @@ class Backend:
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         metrics.BACKEND_REQUESTS.labels(self.name, method, code.name).inc()
         metrics.BACKEND_DURATION.labels(self.name, method).observe(time.perf_counter() - started)
+
+
+def retry_after_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The google.rpc.RetryInfo delay a backend attached to its status, if any."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
 
 
 class BackendFailure(RuntimeError):

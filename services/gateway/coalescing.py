@@ -19,7 +19,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from ecomserve.classifier.v1 import classifier_pb2
 
 from services.core import errors, metrics
 from services.core.batcher import DynamicBatcher
@@ -49,7 +49,6 @@ class MessageClassifier:
 
     def __init__(self, backend: Backend, routing: RoutingTable, *, max_texts_per_call: int, max_calls: int) -> None:
         self._backend = backend
-        self._rpc = classifier_pb2_grpc.ClassifierServiceStub(backend.channel).Classify
         self._routing = routing
         self._batcher: DynamicBatcher[tuple[str, CallContext], ClassifiedMessage] = DynamicBatcher(
             self._classify_together,
@@ -106,7 +105,7 @@ class MessageClassifier:
             model=self._routing.model, texts=[text for text, _ in messages], top_k=self._routing.top_k, truncate=True
         )
         metrics.COALESCED_TEXTS.labels(self._backend.name, "Classify").observe(len(messages))
-        response = await self._backend.unary("Classify", self._rpc, request, together)
+        response = await self._backend.unary("Classify", request, together)
         return [ClassifiedMessage(list(result.labels), response.model, response.version) for result in response.results]
 
 

@@ -13,7 +13,7 @@ from services.core.config import (
     require,
     require_server_knobs,
 )
-from services.gateway.backends import listed_replicas
+from services.gateway.backends import BackendTls, listed_replicas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # RouteMessage's calls in flight by default: two per replica keep each one's next batch queued while one runs.
@@ -93,8 +93,23 @@ class GatewayConfig:
         "most messages in one of RouteMessage's Classify calls (at most the classifiers' max_texts_per_request; "
         "1: a call per message)",
     )
-    tls_cert_file: str = knob("", "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file)")
+    tls_cert_file: str = knob(
+        "",
+        "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key-file); re-read when the files change",
+    )
     tls_key_file: str = knob("", "PEM private key of --tls-cert-file")
+    backend_tls_ca_file: str = knob(
+        "", "PEM CA certificate(s) that signed the backends' certificates: connect to them over TLS"
+    )
+    backend_tls_cert_file: str = knob(
+        "",
+        "PEM client certificate the gateway presents to backends that require mutual TLS (with "
+        "--backend-tls-key-file); a rotated one is used for new connections, calls in flight finish",
+    )
+    backend_tls_key_file: str = knob("", "PEM private key of --backend-tls-cert-file")
+    backend_tls_server_name: str = knob(
+        "", "name expected in the backends' certificates when it is not the host of --classifier/--generator"
+    )
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
     log_level: str = log_level_knob()
@@ -125,6 +140,14 @@ class GatewayConfig:
             bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_cert_file and tls_key_file must be given together",
         )
+        require(
+            bool(self.backend_tls_cert_file) == bool(self.backend_tls_key_file),
+            "backend_tls_cert_file and backend_tls_key_file must be given together",
+        )
+        require(
+            bool(self.backend_tls_ca_file) or not (self.backend_tls_cert_file or self.backend_tls_server_name),
+            "backend_tls_cert_file and backend_tls_server_name need backend_tls_ca_file (TLS to the backends)",
+        )
 
     @property
     def route_calls(self) -> int:
@@ -133,6 +156,18 @@ class GatewayConfig:
             return self.route_max_calls
         replicas = listed_replicas(self.classifier)
         return ROUTE_CALLS_UNLISTED if replicas is None else ROUTE_CALLS_PER_REPLICA * replicas
+
+    @property
+    def backend_tls(self) -> BackendTls | None:
+        """TLS to the backends, when backend_tls_ca_file is set."""
+        if not self.backend_tls_ca_file:
+            return None
+        return BackendTls(
+            self.backend_tls_ca_file,
+            self.backend_tls_cert_file,
+            self.backend_tls_key_file,
+            self.backend_tls_server_name,
+        )
 
     @property
     def address(self) -> str:

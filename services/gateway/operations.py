@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace as Namespace  # template variables: attributes, never dict methods (`items`)
 
-from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from ecomserve.classifier.v1 import classifier_pb2
 from ecomserve.gateway.v1 import gateway_pb2
-from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
+from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
 from services.gateway.backends import Backend, CallContext
@@ -62,10 +62,8 @@ class GatewayOperations:
         self._messages = MessageClassifier(
             classifier, routing, max_texts_per_call=limits.route_max_texts_per_call, max_calls=limits.route_max_calls
         )
-        self._classify = classifier_pb2_grpc.ClassifierServiceStub(classifier.channel).Classify
         self._generator = generator
         self._generator_model = generator_model
-        self._generate = generator_pb2_grpc.GeneratorServiceStub(generator.channel) if generator else None
         self._routing = routing
         self._templates = templates
         self._limits = limits
@@ -117,7 +115,7 @@ class GatewayOperations:
             top_k=request.top_k,
             truncate=request.truncate,
         )
-        response = await self._classifier.unary("Classify", self._classify, classify, call)
+        response = await self._classifier.unary("Classify", classify, call)
         return gateway_pb2.ClassifyTextsResponse(
             model=response.model,
             version=response.version,
@@ -158,8 +156,7 @@ class GatewayOperations:
             max_words=max_words,
         )
         generate = self._generation(template, messages, max_words, request.seed if request.HasField("seed") else None)
-        generator, stub = self._generator_backend()
-        response = await generator.unary("Generate", stub.Generate, generate, call)
+        response = await self._generator_backend().unary("Generate", generate, call)
         return gateway_pb2.DescribeProductResponse(
             description=response.text.strip(),
             finish_reason=response.finish_reason,
@@ -200,8 +197,7 @@ class GatewayOperations:
             max_words=max_words,
         )
         generate = self._generation(template, messages, max_words, request.seed if request.HasField("seed") else None)
-        generator, stub = self._generator_backend()
-        async for delta in generator.stream("GenerateStream", stub.GenerateStream, generate, call):
+        async for delta in self._generator_backend().stream("GenerateStream", generate, call):
             yield gateway_pb2.DraftReplyResponse(
                 text=delta.text,
                 finish_reason=delta.finish_reason,
@@ -232,10 +228,10 @@ class GatewayOperations:
             ),
         )
 
-    def _generator_backend(self) -> tuple[Backend, generator_pb2_grpc.GeneratorServiceStub]:
-        if self._generator is None or self._generate is None:
+    def _generator_backend(self) -> Backend:
+        if self._generator is None:
             raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
-        return self._generator, self._generate
+        return self._generator
 
     def _require_text(self, field: str, text: str) -> None:
         if not text.strip():

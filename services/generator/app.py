@@ -14,6 +14,7 @@ from services.core.manifest import TASK_GENERATION
 from services.core.repository import ModelVersion, Registry, discover
 from services.core.runner import OnnxRunner, RuntimeOptions
 from services.core.server import ServingServer
+from services.core.tls import configured_credentials
 from services.generator.config import GeneratorConfig
 from services.generator.model import GeneratorModel
 from services.generator.scheduler import SERVICE, SchedulerBudgets
@@ -43,6 +44,7 @@ class GeneratorApp:
             max_connection_age_s=config.max_connection_age_s,
             grace_s=config.grace_period_s,
             register=lambda server: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server),
+            credentials=configured_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file),
         )
 
     async def load(self) -> None:

@@ -11,6 +11,10 @@ from services.core.config import (
     metrics_host_knob,
     require,
     require_server_knobs,
+    require_tls_knobs,
+    tls_cert_knob,
+    tls_client_ca_knob,
+    tls_key_knob,
 )
 
 
@@ -40,12 +44,16 @@ class GeneratorConfig:
     max_stop_sequences: int = knob(8, "most stop sequences per request")
     device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
+    tls_cert_file: str = tls_cert_knob()
+    tls_key_file: str = tls_key_knob()
+    tls_client_ca_file: str = tls_client_ca_knob()
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
     log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)
+        require_tls_knobs(self)
         require(
             self.max_running_sequences >= 1, f"max_running_sequences must be >= 1, got {self.max_running_sequences}"
         )

@@ -67,13 +67,39 @@ def test_probes_and_ports_are_the_ones_the_services_listen_on(overlay: str) -> N
         assert config.metrics_host == "0.0.0.0"  # the service listens on loopback by default: Prometheus is a pod
         if component.name == "gateway":
             assert ports["http"] == config.http_port
-        probes = {kind: container[f"{kind}Probe"]["grpc"] for kind in ("startup", "readiness", "liveness")}
-        assert all(probe["port"] == config.port for probe in probes.values()), probes
+        probes = {
+            kind: probe_target(container[f"{kind}Probe"], config) for kind in ("startup", "readiness", "liveness")
+        }
+        assert all(port == config.port for port, _ in probes.values()), probes
         # Readiness is the service's own health name (SERVING only when it can answer); liveness must not fail
         # while a pod loads or drains, so it asks the name that stays SERVING.
-        assert probes["readiness"]["service"] == component.health_service
-        assert probes["liveness"]["service"] == LIVENESS_SERVICE
-        assert probes["startup"]["service"] in (component.health_service, LIVENESS_SERVICE)
+        assert probes["readiness"][1] == component.health_service
+        assert probes["liveness"][1] == LIVENESS_SERVICE
+        assert probes["startup"][1] in (component.health_service, LIVENESS_SERVICE)
+
+
+def probe_target(probe: dict[str, Any], config: Any) -> tuple[int, str]:
+    """(port, health service) a probe asks: natively over plaintext gRPC, or through services.probe with the
+    service's own certificate when it serves TLS (Kubernetes' gRPC probes speak no TLS)."""
+    if not getattr(config, "tls_client_ca_file", ""):
+        assert "grpc" in probe, probe
+        return probe["grpc"]["port"], probe["grpc"]["service"]
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "-m", "services.probe"], command
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert flags["--tls-ca-file"] == config.tls_client_ca_file
+    assert (flags["--tls-cert-file"], flags["--tls-key-file"]) == (config.tls_cert_file, config.tls_key_file)
+    return int(command[3].rpartition(":")[2]), command[4]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backends_that_require_client_certificates_are_reached_with_one(overlay: str) -> None:
+    configs = {component.name: config for _, component, config in deployments(overlay)}
+    backends = [configs["classifier"], configs["generator"]]
+    mutual = [bool(backend.tls_client_ca_file) for backend in backends]
+    assert len(set(mutual)) == 1, "both backends or neither serve mutual TLS"
+    tls = configs["gateway"].backend_tls
+    assert (tls is not None and bool(tls.cert_file)) == mutual[0]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

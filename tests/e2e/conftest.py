@@ -40,9 +40,9 @@ class Process:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def wait_serving(self, timeout_s: float = 120.0) -> Process:
+    def wait_serving(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None) -> Process:
         try:
-            wait_serving(self.address, self.child, timeout_s, self.name)
+            wait_serving(self.address, self.child, timeout_s, self.name, credentials)
         except RuntimeError as error:
             raise RuntimeError(f"{error}\n--- {self.log} ---\n{self.log.read_text()[-3000:]}") from None
         return self
