@@ -17,7 +17,6 @@ GATEWAY_PORT ?= 50050
 GATEWAY_HTTP_PORT ?= 8080
 GATEWAY_METRICS_PORT ?= 9100
 RUN ?= run
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
@@ -90,9 +89,9 @@ check-deploy: $(VENV)/.installed prometheus
 	$(VENV)/bin/yamllint --strict -c deploy/.yamllint.yaml deploy/
 	$(VENV)/bin/hadolint $(DOCKERFILES)
 	$(PY) deploy/monitoring/prometheusrule.py --check
-	promtool check rules deploy/monitoring/rules.yaml
-	promtool test rules deploy/monitoring/rules.test.yaml
-	promtool check config --syntax-only deploy/docker/prometheus.yml
+	$(PROMTOOL) check rules deploy/monitoring/rules.yaml
+	$(PROMTOOL) test rules deploy/monitoring/rules.test.yaml
+	$(PROMTOOL) check config --syntax-only deploy/docker/prometheus.yml
 	mkdir -p build/k8s
 	for overlay in deploy/k8s/overlays/*/; do \
 		name=$$(basename $$overlay); \
@@ -110,17 +109,24 @@ images: models
 	docker build -f deploy/docker/Dockerfile.gpu -t ecomserve-gpu:$(TAG) .
 	docker build -f deploy/docker/models.Dockerfile -t ecomserve-models:$(TAG) $(MODELS)
 
-# Prometheus (for `make up`) and promtool (for `make check-deploy`): the Debian package, installed when missing.
+# Prometheus (for `make up`) and promtool (for `make check-deploy`): the ones on PATH, else the Debian package
+# unpacked into the venv. No root: apt-get downloads it with the system's package lists, or with lists of its own
+# under build/apt when the system has none.
+PROMETHEUS_DIR := $(VENV)/prometheus/usr/bin
+PROMTOOL = $(shell command -v promtool || echo $(PROMETHEUS_DIR)/promtool)
+PROMETHEUS = $(shell command -v prometheus || echo $(PROMETHEUS_DIR)/prometheus)
+APT_OWN_LISTS := -o Dir::State=$(CURDIR)/build/apt/state -o Dir::Cache=$(CURDIR)/build/apt/cache -o Debug::NoLocking=1
 prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-		echo "installing the Debian package prometheus ..."; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
-		|| { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y --no-install-recommends prometheus; }; }
+	@{ command -v prometheus && command -v promtool; } >/dev/null || [ -x $(PROMETHEUS_DIR)/promtool ] || { \
+		echo "unpacking the Debian package prometheus into $(VENV)/prometheus ..."; \
+		rm -rf build/debs && mkdir -p build/debs build/apt/state/lists/partial build/apt/cache/archives/partial; \
+		(cd build/debs && { apt-get download -qq prometheus 2>/dev/null || { \
+			apt-get $(APT_OWN_LISTS) update -qq && apt-get $(APT_OWN_LISTS) download -qq prometheus; }; }) && \
+		mkdir -p $(VENV)/prometheus && dpkg -x build/debs/prometheus_*.deb $(VENV)/prometheus; }
 
 up: $(PB_STAMP) $(VENV)/.defaults prometheus
 	$(PY) -m export defaults --out $(MODELS)
-	$(PY) -m services.stack up --models $(MODELS) --run-dir $(RUN)
+	$(PY) -m services.stack up --models $(MODELS) --run-dir $(RUN) --prometheus $(PROMETHEUS)
 
 down:
 	$(PY) -m services.stack down --run-dir $(RUN)

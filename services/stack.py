@@ -1,9 +1,9 @@
 """`make up` / `make down`: the whole stack in the background on this machine, with a Prometheus scraping it.
 
 `up` starts classifier, generator and gateway (detached, logs and pids in the run folder), waits until each is
-SERVING, starts Prometheus (`prometheus` on the PATH) with a scrape config for the three /metrics ports, writes an
-API key for the gateway to <run>/api-key and prints the ports. `down` stops what `up` started (SIGTERM, then
-SIGKILL after the grace period). Ports are fixed so that dashboards and load runs find them.
+SERVING, starts Prometheus (`--prometheus`, default `prometheus` on the PATH) with a scrape config for the three
+/metrics ports, writes an API key for the gateway to <run>/api-key and prints the ports. `down` stops what `up`
+started (SIGTERM, then SIGKILL after the grace period). Ports are fixed so that dashboards and load runs find them.
 """
 
 from __future__ import annotations
@@ -44,17 +44,19 @@ def main() -> int:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=Path("run"), help="logs, pids, Prometheus data (default: run)")
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository (default: models)")
+    parser.add_argument(
+        "--prometheus", default=shutil.which("prometheus"), help="Prometheus binary (default: the one on the PATH)"
+    )
     args = parser.parse_args()
-    return up(args.run_dir, args.models) if args.command == "up" else down(args.run_dir)
+    return up(args.run_dir, args.models, args.prometheus) if args.command == "up" else down(args.run_dir)
 
 
-def up(run: Path, models: Path) -> int:
+def up(run: Path, models: Path, prometheus: str | None) -> int:
     if _running(run):
         print(f"the stack is already up (pids in {run / STATE_FILE}); `make down` stops it")
         return 0
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        print("prometheus is not installed (make up installs the Debian package `prometheus`)", file=sys.stderr)
+    if prometheus is None or shutil.which(prometheus) is None:
+        print("no prometheus binary (`make up` unpacks the Debian package `prometheus`)", file=sys.stderr)
         return 1
     ports = Ports()
     run.mkdir(parents=True, exist_ok=True)
