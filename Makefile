@@ -76,7 +76,7 @@ models: $(VENV)/.defaults
 
 demo: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
-	$(PY) -m services.demo --models $(MODELS)
+	$(PY) -m services.dev.demo --models $(MODELS)
 
 test: $(PB_STAMP) check-deploy
 	$(PY) -m pytest -q
@@ -126,10 +126,10 @@ prometheus:
 
 up: $(PB_STAMP) $(VENV)/.defaults prometheus
 	$(PY) -m export defaults --out $(MODELS)
-	$(PY) -m services.stack up --models $(MODELS) --run-dir $(RUN) --prometheus $(PROMETHEUS)
+	$(PY) -m services.dev.stack up --models $(MODELS) --run-dir $(RUN) --prometheus $(PROMETHEUS)
 
 down:
-	$(PY) -m services.stack down --run-dir $(RUN)
+	$(PY) -m services.dev.stack down --run-dir $(RUN)
 
 bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)

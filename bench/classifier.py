@@ -19,7 +19,7 @@ from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check
 from services.core.manifest import Manifest, version_folders
-from services.launcher import service
+from services.dev.launcher import service
 
 CONCURRENCIES = (1, 8, 32, 64)
 

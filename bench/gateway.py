@@ -21,7 +21,7 @@ from typing import Any
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check
 from services.core.manifest import version_folders
-from services.launcher import free_port, service
+from services.dev.launcher import free_port, service
 
 CONCURRENCIES = (1, 32)
 ROUNDS = 3  # direct and routed windows per concurrency, alternating

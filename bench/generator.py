@@ -20,7 +20,7 @@ from typing import Any
 from bench.load import DEFAULT_GENERATOR, LoadOptions, latency_summary_ms, run_load, workload
 from bench.targets import benchmark_main, check
 from services.core.manifest import Manifest, version_folders
-from services.launcher import service
+from services.dev.launcher import service
 
 STREAMS = 16
 MAX_NEW_TOKENS = 64

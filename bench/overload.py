@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.load import LoadOptions, run_load
 from bench.targets import check
-from services.launcher import free_port, spawn, stop, wait_serving
+from services.dev.launcher import free_port, spawn, stop, wait_serving
 
 DEADLINES_S = (1.0, 10.0)
 UNANSWERED = ("DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
-from services.launcher import free_port, stop, wait_serving
+from services.dev.launcher import free_port, stop, wait_serving
 from tests.deploy.manifests import DEPLOY, REPO
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from ecomserve.gateway.v1 import gateway_pb2_grpc
 
+from services.dev.launcher import free_port, spawn, stop, wait_serving
 from services.gateway.auth import hash_key
-from services.launcher import free_port, spawn, stop, wait_serving
 
 API_KEY = "test-key-1-0123456789"
 OTHER_KEY = "test-key-2-0123456789"

@@ -13,7 +13,7 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.launcher import free_port
+from services.dev.launcher import free_port
 from tests.e2e.conftest import API_KEY, Launcher
 from tests.fixtures import WORDS
 

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.dev.launcher import free_port
 from services.gateway.auth import hash_key
-from services.launcher import free_port
 from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, Launcher, Process
 

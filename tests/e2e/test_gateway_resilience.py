@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from services.core.server import LIVENESS_SERVICE
-from services.launcher import free_port
+from services.dev.launcher import free_port
 from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, OTHER_KEY, Launcher, Process
 

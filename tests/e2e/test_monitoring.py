@@ -19,7 +19,7 @@ from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.launcher import free_port
+from services.dev.launcher import free_port
 from tests.deploy.manifests import DEPLOY, component_of, of_kind, render
 from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process
 

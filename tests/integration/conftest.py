@@ -18,9 +18,9 @@ from ecomserve.generator.v1 import generator_pb2_grpc
 from services.classifier.app import ClassifierApp
 from services.classifier.config import ClassifierConfig
 from services.core.server import ServingServer
+from services.dev.launcher import free_port
 from services.generator.app import GeneratorApp
 from services.generator.config import GeneratorConfig
-from services.launcher import free_port
 
 LOOPBACK = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
 

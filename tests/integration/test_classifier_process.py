@@ -11,7 +11,7 @@ import grpc
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
 
-from services.launcher import wait_serving
+from services.dev.launcher import wait_serving
 from tests.integration.conftest import spawned_service
 
 

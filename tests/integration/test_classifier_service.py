@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from services.classifier.app import ClassifierApp
 from services.core.listener import serve_metrics
 from services.core.manifest import Manifest
-from services.launcher import free_port
+from services.dev.launcher import free_port
 from tests.integration.conftest import address_of, stub_for
 
 TEXTS = [

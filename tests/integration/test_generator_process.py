@@ -10,7 +10,7 @@ import grpc
 from ecomserve.generator.v1 import generator_pb2 as pb
 from ecomserve.generator.v1 import generator_pb2_grpc
 
-from services.launcher import wait_serving
+from services.dev.launcher import wait_serving
 from tests.integration.conftest import spawned_service
 
 

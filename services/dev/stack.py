@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from services.launcher import spawn, wait_serving
+from services.dev.launcher import spawn, wait_serving
 
 STATE_FILE = "stack.json"
 GENERATOR = "smollm2-135m-instruct"
@@ -40,7 +40,7 @@ class Ports:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.dev.stack", description=__doc__)
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=Path("run"), help="logs, pids, Prometheus data (default: run)")
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository (default: models)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.launcher import exit_on_termination, free_port, service
+from services.dev.launcher import exit_on_termination, free_port, service
 
 GENERATOR = "smollm2-135m-instruct"
 MESSAGES = [
@@ -49,7 +49,7 @@ REPLY = gateway_pb2.DraftReplyRequest(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.dev.demo", description=__doc__)
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository (default: models)")
     args = parser.parse_args()
     exit_on_termination()
