@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.load import DEFAULT_GENERATOR, LoadOptions, latency_summary_ms, run_load, workload
+from bench.load import LoadOptions, latency_summary_ms, run_load, workload
 from bench.targets import benchmark_main, check
 from services.core.manifest import Manifest, version_folders
+from services.core.wire import DEFAULT_GENERATOR_MODEL
 from services.dev.launcher import service
 
 STREAMS = 16
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         prog="python -m bench.generator",
         description=__doc__.split("\n\n")[0],
-        name=DEFAULT_GENERATOR,
+        name=DEFAULT_GENERATOR_MODEL,
         name_help="generator to benchmark (its highest version)",
         seconds=30.0,
     )

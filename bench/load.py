@@ -32,8 +32,9 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
+from services.core.wire import DEFAULT_GENERATOR_MODEL
+
 RPCS = ("classify", "generate-stream", "route-message")
-DEFAULT_GENERATOR = "smollm2-135m-instruct"
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -303,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ramp-up", type=float, default=0.0, help="closed loop: spread the callers' starts over this many seconds"
     )
-    parser.add_argument("--model", help="model to request (default: intent, or smollm2-135m-instruct for generation)")
+    parser.add_argument(
+        "--model", help=f"model to request (default: intent, or {DEFAULT_GENERATOR_MODEL} for generation)"
+    )
     parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify")
     parser.add_argument("--top-k", type=int, default=3, help="labels per text in each answer (0: all)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generate-stream: tokens per request")
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=args.warmup,
                 ramp_up_s=args.ramp_up,
                 rate=args.rate,
-                model=args.model or ("intent" if args.rpc == "classify" else DEFAULT_GENERATOR),
+                model=args.model or ("intent" if args.rpc == "classify" else DEFAULT_GENERATOR_MODEL),
                 texts_per_request=args.texts_per_request,
                 top_k=args.top_k,
                 max_new_tokens=args.max_new_tokens,

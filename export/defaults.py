@@ -16,9 +16,9 @@ from pathlib import Path
 from export.errors import ExportError
 from export.progress import say
 from services.core.manifest import MANIFEST_FILE, Manifest, version_folders
+from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 
 INTENT = "intent"
-GENERATOR = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Below this share of greedy tokens agreeing with fp32, a quantized generator is not served by default.
 MIN_GENERATOR_AGREEMENT = 0.6

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
-from services.core import metrics
+from services.core import metrics, wire
 from services.core.listener import serve_metrics
 from services.core.status import StatusInterceptor
 
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 Register = Callable[[grpc.aio.Server], None]
 
-# Large enough for max_texts_per_request long texts, small enough to bound memory per call.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 QUIET_PERIOD_S = 0.3
 # The grpc.health.v1 name of liveness probes: SERVING from bind to exit, loading and draining included, so that
 # Kubernetes restarts only a process that no longer answers (readiness probes use the service's own name).
@@ -55,7 +53,7 @@ class ServingServer:
         credentials: grpc.ServerCredentials | None = None,
         max_connection_age_s: float = 0.0,
         grace_s: float = 30.0,
-        max_receive_bytes: int = MAX_MESSAGE_BYTES,
+        max_receive_bytes: int = wire.MAX_MESSAGE_BYTES,
     ) -> None:
         self.service = service
         self._service_names = list(service_names)
@@ -66,7 +64,7 @@ class ServingServer:
         self.interceptor = StatusInterceptor(service)
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
             # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
             ("grpc.keepalive_permit_without_calls", 1),

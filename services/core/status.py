@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.core import errors, metrics
+from services.core import errors, metrics, wire
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,6 @@ STATUS_OF: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 INTERNAL_MESSAGE = "internal error; it was logged on the server"
-# gRPC tells a retried attempt how many came before it; echoing that back lets the caller (the gateway) count
-# the retries its channel made on its own.
-PREVIOUS_ATTEMPTS_IN = "grpc-previous-rpc-attempts"
-PREVIOUS_ATTEMPTS_OUT = "ecomserve-previous-attempts"
-REQUEST_ID = "x-request-id"
 
 
 def status_of(error: BaseException) -> grpc.StatusCode:
@@ -200,7 +195,7 @@ async def _reraise_or_abort(
     if isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
         raise error
     if code is grpc.StatusCode.INTERNAL:
-        request_id = dict(context.invocation_metadata() or ()).get(REQUEST_ID, "-")
+        request_id = dict(context.invocation_metadata() or ()).get(wire.REQUEST_ID, "-")
         log.error("%s failed with an unexpected error (request %s)", method, request_id, exc_info=error)
     # Never send an unexpected exception's text to the caller: it may hold internals.
     message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error)
@@ -221,5 +216,5 @@ def retry_info_metadata(code: grpc.StatusCode, message: str, retry_after_s: floa
 
 def _echo_previous_attempts(context: grpc.aio.ServicerContext) -> None:
     for key, value in context.invocation_metadata() or ():
-        if key == PREVIOUS_ATTEMPTS_IN:
-            context.set_trailing_metadata(((PREVIOUS_ATTEMPTS_OUT, str(value)),))
+        if key == wire.GRPC_PREVIOUS_ATTEMPTS:
+            context.set_trailing_metadata(((wire.PREVIOUS_ATTEMPTS, str(value)),))

@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 from services.dev.launcher import exit_on_termination, free_port, service
 
-GENERATOR = "smollm2-135m-instruct"
 MESSAGES = [
     "Where is my order? It was supposed to arrive yesterday.",
     "I want to talk to a real person, not a bot.",

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 from services.dev.launcher import spawn, wait_serving
 
 STATE_FILE = "stack.json"
-GENERATOR = "smollm2-135m-instruct"
 
 
 @dataclass

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Mapping
 
 from services.core import errors, metrics
+from services.core.wire import REQUEST_ID
 from services.gateway.auth import ApiKeys, RateLimited, RateLimiter
-from services.gateway.backends import REQUEST_ID_KEY, CallContext
+from services.gateway.backends import CallContext
 
 log = logging.getLogger(__name__)
 SERVICE = "gateway"
@@ -35,7 +36,7 @@ class Admission:
     def admit(self, headers: Mapping[str, str], timeout_s: float | None, peer: str) -> CallContext:
         """`headers`: lower-case names (gRPC metadata or HTTP headers); `peer`: the caller's address. Raises
         Unauthenticated, or RateLimited (the key's rate, or too many failed authentications from `peer`)."""
-        request_id = checked_request_id(headers.get(REQUEST_ID_KEY))
+        request_id = checked_request_id(headers.get(REQUEST_ID))
         caller = self._authenticate(headers, peer, request_id)
         try:
             self._limiter.acquire(caller)

@@ -23,15 +23,11 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.core import errors, metrics
+from services.core import errors, metrics, wire
 from services.core.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
-# The backends echo how many attempts gRPC made before theirs (see services.core.status), so retries, which the
-# channel makes on its own, can be counted.
-PREVIOUS_ATTEMPTS_KEY = "ecomserve-previous-attempts"
-REQUEST_ID_KEY = "x-request-id"
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 # Replicas come back within seconds on Kubernetes; gRPC's default backoff grows to 120 s.
@@ -166,7 +162,7 @@ class Backend:
             # Never idle: `ready` (and so failing fast) follows the channel's state, which an idle channel
             # would leave READY only after a reconnect.
             ("grpc.client_idle_timeout_ms", 2**31 - 1),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
         ]
         if tls is not None and tls.server_name:
             self._options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -227,7 +223,7 @@ class Backend:
         code = grpc.StatusCode.OK
         try:
             rpc = getattr(self._stub, method)
-            pending = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+            pending = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
             return response
@@ -243,7 +239,7 @@ class Backend:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         rpc = getattr(self._stub, method)
-        responses = rpc(request, timeout=self.remaining_time(call), metadata=((REQUEST_ID_KEY, call.request_id),))
+        responses = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
         try:
             async for response in responses:
                 yield response
@@ -301,7 +297,7 @@ class Backend:
         return BackendFailure(f"{self.name} backend failed with {code.name} ({details}); request {call.request_id}")
 
     def _count_retries(self, method: str, trailing: grpc.aio.Metadata | None) -> None:
-        previous = trailing.get(PREVIOUS_ATTEMPTS_KEY) if trailing is not None else None
+        previous = trailing.get(wire.PREVIOUS_ATTEMPTS) if trailing is not None else None
         if previous:
             metrics.BACKEND_RETRIES.labels(self.name, method).inc(int(previous))
 

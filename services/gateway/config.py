@@ -13,6 +13,7 @@ from services.core.config import (
     require,
     require_server_knobs,
 )
+from services.core.wire import DEFAULT_GENERATOR_MODEL
 from services.gateway.backends import BackendTls, listed_replicas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -38,7 +39,7 @@ class GatewayConfig:
         "generator replicas, as --classifier; empty: no generator (the "
         "DescribeProduct and DraftReply operations answer UNAVAILABLE)",
     )
-    generator_model: str = knob("smollm2-135m-instruct", "generator model that DescribeProduct and DraftReply use")
+    generator_model: str = knob(DEFAULT_GENERATOR_MODEL, "generator model that DescribeProduct and DraftReply use")
     routing_file: str = knob(
         str(PACKAGE_DIR / "routing.toml"), "RouteMessage's table: classifier model, threshold, intent -> queue map"
     )

@@ -27,8 +27,9 @@ from google.protobuf.message import Message
 from services.core import errors
 from services.core.listener import HttpListener
 from services.core.status import INTERNAL_MESSAGE, StatusInterceptor, status_of
+from services.core.wire import REQUEST_ID
 from services.gateway.admission import Admission, checked_request_id
-from services.gateway.backends import REQUEST_ID_KEY, CallContext
+from services.gateway.backends import CallContext
 from services.gateway.operations import GatewayOperations
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,11 @@ class HttpBridge:
     def _unary_handler(self, method: str, message_class: type[Message], operation: Unary) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID_KEY]
+            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID]
             try:
                 call, body = await self._accept(request, message_class)
                 response = await operation(body, call)
-                return web.json_response(to_json(response), headers={REQUEST_ID_KEY: request_id})
+                return web.json_response(to_json(response), headers={REQUEST_ID: request_id})
             except Exception as error:
                 code = status_of(error)
                 return _error_response(error, code, request_id, method)
@@ -150,7 +151,7 @@ class HttpBridge:
     def _stream_handler(self, method: str, message_class: type[Message], operation: Streaming) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID_KEY]
+            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID]
             messages: AsyncIterator[Message] | None = None
             try:
                 call, body = await self._accept(request, message_class)
@@ -169,7 +170,7 @@ class HttpBridge:
             response = web.StreamResponse(
                 headers={
                     "content-type": SSE if sse else JSON_LINES,
-                    REQUEST_ID_KEY: request_id,
+                    REQUEST_ID: request_id,
                     "cache-control": "no-cache",
                 }
             )
@@ -211,7 +212,7 @@ class HttpBridge:
         if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
             raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
         headers = {name.lower(): value for name, value in request.headers.items()}
-        headers[REQUEST_ID_KEY] = request[REQUEST_ID_KEY]
+        headers[REQUEST_ID] = request[REQUEST_ID]
         return self._admission.admit(headers, timeout_s, request.remote or "-")
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -228,7 +229,7 @@ class HttpBridge:
 async def _request_id_and_envelope(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every request gets its checked request id; aiohttp's own refusals (unknown path 404, wrong method 405, ...)
     keep their status but answer in the JSON error envelope, logged as the caller's mistake."""
-    request_id = request[REQUEST_ID_KEY] = checked_request_id(request.headers.get(REQUEST_ID_KEY))
+    request_id = request[REQUEST_ID] = checked_request_id(request.headers.get(REQUEST_ID))
     try:
         return await handler(request)
     except web.HTTPException as refusal:
@@ -244,7 +245,7 @@ async def _request_id_and_envelope(request: web.Request, handler: Any) -> web.St
             request_id,
         )
         body = {"error": {"code": code.name, "message": refusal.reason, "requestId": request_id}}
-        headers = {REQUEST_ID_KEY: request_id}
+        headers = {REQUEST_ID: request_id}
         if "allow" in refusal.headers:
             headers["allow"] = refusal.headers["allow"]
         return web.json_response(body, status=refusal.status, headers=headers)
@@ -292,7 +293,7 @@ def _error_body(error: BaseException, code: grpc.StatusCode, request_id: str) ->
 
 def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
     _log_unexpected(error, code, request_id, method)
-    headers = {REQUEST_ID_KEY: request_id}
+    headers = {REQUEST_ID: request_id}
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
     status = error.status if isinstance(error, HttpRefusal) else http_status(code)

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.core.wire import REQUEST_ID
 from services.gateway.admission import Admission, peer_host
-from services.gateway.backends import REQUEST_ID_KEY, CallContext
+from services.gateway.backends import CallContext
 from services.gateway.operations import GatewayOperations
 
 
@@ -43,5 +44,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             dict(context.invocation_metadata() or ()), context.time_remaining(), peer_host(context.peer())
         )
         # In the trailers: they travel with the status, so this costs no extra write (and errors carry it too).
-        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
         return call
