@@ -169,6 +169,7 @@ class Backend:
         self.channel = self._open_channel()
         self._stub = stub_class(self.channel)
         self._renewed = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced channels closing after their calls
         self.ready = False
         metrics.BACKEND_READY.labels(name).set(0)
 
@@ -189,7 +190,9 @@ class Backend:
         self._stub = self._stub_class(self.channel)
         self._renewed.set()  # `watch` follows the new channel from now on
         log.info("%s backend: new channel with the TLS files re-read", self.name)
-        await old.close(CHANNEL_CLOSE_GRACE_S)
+        retiring = asyncio.create_task(old.close(CHANNEL_CLOSE_GRACE_S))  # not awaited: the next change may come
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
 
     async def watch(self, on_change: Callable[[], Awaitable[None]]) -> None:
         """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled."""
@@ -255,6 +258,8 @@ class Backend:
             self._record(method, code, started)
 
     async def aclose(self) -> None:
+        for retiring in self._retiring:
+            retiring.cancel()
         await self.channel.close()
 
     def _refuse_unless_ready(self, method: str) -> None:
