@@ -62,13 +62,14 @@ class GatewayApp:
             )
 
         classifier = backend("classifier", config.classifier, CLASSIFIER_SERVICE, ClassifierServiceStub)
-        self.backends = [classifier]
+        generator = None
         if config.generator.strip():
-            self.backends.append(backend("generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub))
+            generator = backend("generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub)
+        self.backends = [classifier] if generator is None else [classifier, generator]
         templates = PromptTemplates.load(Path(config.templates))
         self.operations = operations = GatewayOperations(
-            classifier=self.backends[0],
-            generator=self.backends[1] if len(self.backends) > 1 else None,
+            classifier=classifier,
+            generator=generator,
             generator_model=config.generator_model,
             routing=RoutingTable.load(Path(config.routing_file)),
             templates=templates,
@@ -104,6 +105,7 @@ class GatewayApp:
                 admission,
                 self.server.interceptor,
                 lambda: {backend.name: backend.ready for backend in self.backends},
+                generator=generator,
                 limits=HttpLimits(
                     max_body_bytes=config.max_request_bytes,
                     body_timeout_s=config.http_body_timeout_s,

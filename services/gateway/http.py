@@ -3,6 +3,8 @@
 POST /v1/route-message, /v1/classify-texts, /v1/describe-product take the request message as JSON and answer the
 response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
+The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models) share the port: see
+services.gateway.openai_routes.
 Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
 {"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
 """
@@ -29,36 +31,20 @@ from services.core.listener import HttpListener
 from services.core.status import INTERNAL_MESSAGE, StatusInterceptor, status_of
 from services.core.wire import REQUEST_ID
 from services.gateway.admission import Admission, checked_request_id
-from services.gateway.backends import CallContext
+from services.gateway.backends import Backend, CallContext
+from services.gateway.http_wire import (
+    CODE_OF_HTTP_STATUS,
+    JSON_LINES,
+    SSE,
+    TIMEOUT_HEADER,
+    error_response,
+    log_unexpected,
+    read_body,
+)
+from services.gateway.openai_routes import OpenAIRoutes
 from services.gateway.operations import GatewayOperations
 
 log = logging.getLogger(__name__)
-
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-# aiohttp's own refusals (no such path, wrong method, ...) in the envelope's terms.
-CODE_OF_HTTP_STATUS = {status: code for code, status in HTTP_STATUS.items()} | {
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-}
-TIMEOUT_HEADER = "x-timeout-ms"
-UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
-SSE = "text/event-stream"
-JSON_LINES = "application/x-ndjson"
-
-
-def http_status(code: grpc.StatusCode) -> int:
-    """The one mapping from gRPC status codes to HTTP statuses; anything unlisted is a 500."""
-    return HTTP_STATUS.get(code, 500)
 
 
 def to_json(message: Message, *, defaults: bool = True) -> dict[str, Any]:
@@ -92,6 +78,7 @@ class HttpBridge:
         interceptor: StatusInterceptor,
         readiness: Callable[[], dict[str, bool]],
         *,
+        generator: Backend | None,
         limits: HttpLimits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -114,6 +101,7 @@ class HttpBridge:
         app.router.add_post(
             "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
         )
+        OpenAIRoutes(interceptor, self._admit_call, generator, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(
@@ -184,7 +172,7 @@ class HttpBridge:
                 code = grpc.StatusCode.CANCELLED
             except Exception as error:  # the status line is sent: the error travels as the last frame
                 code = status_of(error)
-                _log_unexpected(error, code, request_id, method)
+                log_unexpected(error, code, request_id, method)
                 await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
                 await response.write_eof()
             except BaseException:
@@ -199,11 +187,12 @@ class HttpBridge:
 
     async def _accept(self, request: web.Request, message_class: type[Message]) -> tuple[CallContext, Message]:
         """What both kinds of handler do first: refuse while draining, admit the caller, parse the body."""
-        self._interceptor.refuse_new_calls()
-        call = self._admit(request)
+        call = self._admit_call(request)
         return call, await _parse(request, message_class, self._body_timeout_s)
 
-    def _admit(self, request: web.Request) -> CallContext:
+    def _admit_call(self, request: web.Request) -> CallContext:
+        """Refuse while draining, authenticate, apply the rate limit, fix the deadline (x-timeout-ms)."""
+        self._interceptor.refuse_new_calls()
         timeout_ms = request.headers.get(TIMEOUT_HEADER)
         try:
             timeout_s = None if timeout_ms is None else float(timeout_ms) / 1000
@@ -252,31 +241,13 @@ async def _request_id_and_envelope(request: web.Request, handler: Any) -> web.St
 
 
 async def _parse(request: web.Request, message_class: type[Message], timeout_s: float) -> Message:
-    if request.charset is not None and request.charset.lower() not in UTF8_CHARSETS:
-        raise HttpRefusal(415, f"charset {request.charset!r} is not supported: send the JSON body as UTF-8")
-    try:
-        async with asyncio.timeout(timeout_s):
-            body = (await request.read()).decode()
-    except web.HTTPRequestEntityTooLarge:
-        raise HttpRefusal(413, f"request body over the {request.client_max_size} byte limit") from None
-    except TimeoutError:
-        raise HttpRefusal(408, f"request body not received within {timeout_s:g} s") from None
-    except UnicodeDecodeError as error:
-        raise errors.InvalidArgument(f"request body is not valid UTF-8 (byte {error.start})") from None
+    body = await read_body(request, timeout_s)
     try:
         return json_format.Parse(body or "{}", message_class())
     except json_format.ParseError as error:
         raise errors.InvalidArgument(f"request body is not a valid {message_class.DESCRIPTOR.name}: {error}") from None
     except RecursionError:
         raise errors.InvalidArgument("request body nests JSON too deeply") from None
-
-
-class HttpRefusal(errors.InvalidArgument):
-    """A request refused for its HTTP form (body size, charset): INVALID_ARGUMENT with its own HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:
@@ -292,14 +263,4 @@ def _error_body(error: BaseException, code: grpc.StatusCode, request_id: str) ->
 
 
 def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
-    _log_unexpected(error, code, request_id, method)
-    headers = {REQUEST_ID: request_id}
-    if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
-    status = error.status if isinstance(error, HttpRefusal) else http_status(code)
-    return web.json_response(_error_body(error, code, request_id), status=status, headers=headers)
-
-
-def _log_unexpected(error: BaseException, code: grpc.StatusCode, request_id: str, method: str) -> None:
-    if code is grpc.StatusCode.INTERNAL:
-        log.error("%s failed with an unexpected error (request %s)", method, request_id or "-", exc_info=error)
+    return error_response(_error_body(error, code, request_id), error, code, request_id, method)

@@ -1,0 +1,89 @@
+"""What the gateway's HTTP surfaces (its JSON API and the OpenAI-compatible API) share: the one mapping from gRPC
+status codes to HTTP statuses, and reading a request body within the limits (size, charset, time)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from services.core import errors
+from services.core.wire import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+# aiohttp's own refusals (no such path, wrong method, ...) in the envelope's terms.
+CODE_OF_HTTP_STATUS = {status: code for code, status in HTTP_STATUS.items()} | {
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+}
+TIMEOUT_HEADER = "x-timeout-ms"
+UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
+SSE = "text/event-stream"
+JSON_LINES = "application/x-ndjson"
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The one mapping from gRPC status codes to HTTP statuses; anything unlisted is a 500."""
+    return HTTP_STATUS.get(code, 500)
+
+
+class HttpRefusal(errors.InvalidArgument):
+    """A request refused for its HTTP form (body size, charset): INVALID_ARGUMENT with its own HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_for(error: BaseException, code: grpc.StatusCode) -> int:
+    """The HTTP status of a refused request: its own for HttpRefusal, else its gRPC code's."""
+    return error.status if isinstance(error, HttpRefusal) else http_status(code)
+
+
+def error_response(
+    body: dict[str, Any], error: Exception, code: grpc.StatusCode, request_id: str, method: str
+) -> web.Response:
+    """An error answer in `body`'s envelope: the HTTP status of `code` (or the refusal's own), the request id, and
+    Retry-After when the refusal knows when to retry; unexpected errors are logged with their traceback."""
+    log_unexpected(error, code, request_id, method)
+    headers = {REQUEST_ID: request_id}
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
+    return web.json_response(body, status=status_for(error, code), headers=headers)
+
+
+def log_unexpected(error: BaseException, code: grpc.StatusCode, request_id: str, method: str) -> None:
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed with an unexpected error (request %s)", method, request_id or "-", exc_info=error)
+
+
+async def read_body(request: web.Request, timeout_s: float) -> str:
+    """The request body as text: HttpRefusal for a charset other than UTF-8 (415), a body over the application's
+    client_max_size (413) or one not received within timeout_s (408); InvalidArgument when it is not UTF-8."""
+    if request.charset is not None and request.charset.lower() not in UTF8_CHARSETS:
+        raise HttpRefusal(415, f"charset {request.charset!r} is not supported: send the JSON body as UTF-8")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return (await request.read()).decode()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpRefusal(413, f"request body over the {request.client_max_size} byte limit") from None
+    except TimeoutError:
+        raise HttpRefusal(408, f"request body not received within {timeout_s:g} s") from None
+    except UnicodeDecodeError as error:
+        raise errors.InvalidArgument(f"request body is not valid UTF-8 (byte {error.start})") from None

@@ -1,0 +1,152 @@
+"""OpenAIRoutes: the OpenAI-compatible endpoints on the gateway's HTTP port, over the generator backend.
+
+POST /v1/chat/completions and /v1/completions (JSON, or server-sent events with `stream`), GET /v1/models and
+/v1/models/{id}; /v1/embeddings answers 404 until an embedding model kind exists. Callers authenticate with
+`Authorization: Bearer <API key>` (the gateway's keys and rate limits), calls are counted and drained like every
+other gateway call, and a client that goes away mid-stream stops its generation at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from ecomserve.generator.v1 import generator_pb2
+
+from services.core import errors
+from services.core.status import StatusInterceptor, status_of
+from services.core.wire import REQUEST_ID
+from services.gateway import openai
+from services.gateway.backends import Backend, CallContext
+from services.gateway.http_wire import SSE, error_response, log_unexpected, read_body
+
+log = logging.getLogger(__name__)
+
+Translate = Callable[[Any], openai.Generation]
+
+
+class OpenAIRoutes:
+    def __init__(
+        self,
+        interceptor: StatusInterceptor,
+        admit: Callable[[web.Request], CallContext],
+        generator: Backend | None,
+        body_timeout_s: float,
+    ) -> None:
+        self._interceptor = interceptor
+        self._admit = admit  # refuses while draining, authenticates, applies the rate limit
+        self._generator = generator
+        self._body_timeout_s = body_timeout_s
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._generation("ChatCompletions", openai.chat_generation))
+        app.router.add_post("/v1/completions", self._generation("Completions", openai.completion_generation))
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._models)
+        app.router.add_post("/v1/embeddings", self._no_embeddings)
+
+    def _generation(self, method: str, translate: Translate) -> Any:
+        chat = translate is openai.chat_generation
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = self._interceptor.begin()
+            code = grpc.StatusCode.OK
+            try:
+                call = self._admit(request)
+                generation = translate(await self._json(request))
+                answer = openai.Answer(chat, generation.request.model)
+                if generation.stream:
+                    response, code = await self._stream(request, generation, answer, call)
+                    return response
+                result = await self._backend().unary("Generate", generation.request, call)
+                return web.json_response(answer.complete(result), headers={REQUEST_ID: call.request_id})
+            except Exception as error:
+                code = status_of(error)
+                return _error_response(error, code, request[REQUEST_ID], method)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._interceptor.end(method, code, started)
+
+        return handle
+
+    async def _stream(
+        self, request: web.Request, generation: openai.Generation, answer: openai.Answer, call: CallContext
+    ) -> tuple[web.StreamResponse, grpc.StatusCode]:
+        """Server-sent chunks; errors before the first one get their own HTTP status (raised), later ones travel
+        as the last event."""
+        deltas: AsyncIterator[generator_pb2.GenerateStreamResponse] = self._backend().stream(
+            "GenerateStream", generation.request, call
+        )
+        try:
+            first = await anext(deltas)
+            response = web.StreamResponse(
+                headers={"content-type": SSE, "cache-control": "no-cache", REQUEST_ID: call.request_id}
+            )
+            await response.prepare(request)
+            last = first
+            await response.write(openai.sse(answer.chunk(first.text, first.finish_reason, first=True)))
+            async for delta in deltas:
+                last = delta
+                await response.write(openai.sse(answer.chunk(delta.text, delta.finish_reason)))
+            if generation.include_usage:
+                await response.write(openai.sse(answer.usage_chunk(last.usage)))
+            await response.write(openai.sse("[DONE]"))
+            await response.write_eof()
+            return response, grpc.StatusCode.OK
+        except ConnectionError:  # the client went away: closing `deltas` stops the generator's sequence
+            return response, grpc.StatusCode.CANCELLED
+        except Exception as error:
+            if "response" not in locals():
+                raise
+            code = status_of(error)
+            log_unexpected(error, code, call.request_id, "stream")
+            await response.write(openai.sse(openai.error_body(error, code)))
+            await response.write_eof()
+            return response, code
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+
+    async def _models(self, request: web.Request) -> web.Response:
+        started = self._interceptor.begin()
+        code = grpc.StatusCode.OK
+        try:
+            call = self._admit(request)
+            listed = await self._backend().unary("ListModels", generator_pb2.ListModelsRequest(), call)
+            models = openai.models_list(list(listed.models))
+            wanted = request.match_info.get("model")
+            if wanted is None:
+                return web.json_response(models, headers={REQUEST_ID: call.request_id})
+            if wanted not in {model["id"] for model in models["data"]}:
+                raise errors.NotFound(f"the model {wanted!r} does not exist; GET /v1/models lists the models served")
+            return web.json_response(openai.model_object(wanted), headers={REQUEST_ID: call.request_id})
+        except Exception as error:
+            code = status_of(error)
+            return _error_response(error, code, request[REQUEST_ID], "ListModels")
+        finally:
+            self._interceptor.end("ListModels", code, started)
+
+    async def _no_embeddings(self, request: web.Request) -> web.Response:
+        refusal = errors.NotFound("no embedding model is served here yet: /v1/embeddings is not available")
+        return _error_response(refusal, grpc.StatusCode.NOT_FOUND, request[REQUEST_ID], "Embeddings")
+
+    async def _json(self, request: web.Request) -> Any:
+        try:
+            return json.loads(await read_body(request, self._body_timeout_s) or "null")
+        except (ValueError, RecursionError):
+            raise errors.InvalidArgument("the request body is not valid JSON") from None
+
+    def _backend(self) -> Backend:
+        if self._generator is None:
+            raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
+        return self._generator
+
+
+def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
+    return error_response(openai.error_body(error, code), error, code, request_id, method)
