@@ -1,12 +1,13 @@
-"""Load generator: `python -m bench.load --target HOST:PORT --rpc classify|generate-stream|route-message ...`.
+"""Load generator: `python -m bench.load --target HOST:PORT --rpc RPC ...` for any ecomserve service.
 
-Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`:
-Poisson arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of
-e-commerce customer messages and reviews; `generate-stream` sends product-description and reply-draft requests
-(chat messages) and measures time to first token and the gaps between streamed tokens; `route-message` sends
-the workload's messages to the gateway's RouteMessage with `--api-key`. Calls that start during
-`--warmup` are not counted. Prints a progress line every second on stderr and the report as JSON on stdout (and
-to `--json FILE`).
+Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`: Poisson
+arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of e-commerce
+customer messages and reviews; `generate-stream` sends product-description and reply-draft requests (chat
+messages) and measures time to first token and the gaps between streamed tokens; `route-message` sends the
+workload's messages to the gateway's RouteMessage with `--api-key`; `chat-completions` streams the same requests as
+generate-stream from any OpenAI-compatible server (`--target http://HOST:PORT`, `--api-key` as its Bearer key), so
+that ecomserve and other servers are measured the same way. Calls that start during `--warmup` are not counted.
+Prints a progress line every second on stderr and the report as JSON on stdout (and to `--json FILE`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -34,7 +36,7 @@ from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
-RPCS = ("classify", "generate-stream", "route-message")
+RPCS = ("classify", "generate-stream", "route-message", "chat-completions")
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -103,12 +105,12 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
     # server's tail latency: freeze what exists now, so that collections only walk what the run creates.
     gc.collect()
     gc.freeze()
-    async with grpc.aio.insecure_channel(options.target) as channel:
+    async with _connect(options) as connection:
         started = time.perf_counter()
         tally = _Tally(measure_from=started + options.warmup_s)
         stop_at = tally.measure_from + options.duration_s
         tally.measure_until = stop_at
-        call = BUILDERS[options.rpc](channel, options, rng, tally)
+        call = BUILDERS[options.rpc](connection, options, rng, tally)
         progress = asyncio.ensure_future(_report_progress(tally, stop_at)) if options.progress else None
         if options.rate:
             await _open_loop(call, options.rate, stop_at, rng)
@@ -118,6 +120,14 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             progress.cancel()
         tally.drained_s = max(0.0, time.perf_counter() - stop_at)
     return _summary(options, tally)
+
+
+def _connect(options: LoadOptions) -> Any:
+    """A gRPC channel to HOST:PORT, or for chat-completions an HTTP session to the base URL of an OpenAI API."""
+    if options.rpc == "chat-completions":
+        headers = {"authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+        return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=MAX_OUTSTANDING))
+    return grpc.aio.insecure_channel(options.target)
 
 
 def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
@@ -182,23 +192,76 @@ def _generate_stream_call(channel: grpc.aio.Channel, options: LoadOptions, rng: 
         except grpc.aio.AioRpcError as error:
             tally.record(begun, error.code().name)
             return
-        tally.record(begun, "OK")
-        # Throughput counts tokens that arrived inside the measured window, whenever their call started: each
-        # message carries one token, the final one also those that added no text (end of text, held back).
-        per_message = [1] * (len(arrivals) - 1) + [max(1, tokens - len(arrivals) + 1)]
-        tally.tokens += sum(
-            n for n, at in zip(per_message, arrivals, strict=True) if tally.measure_from <= at < tally.measure_until
-        )
-        if begun >= tally.measure_from and arrivals:
-            tally.ttfts.append(arrivals[0] - begun)
-            tally.inter_token.extend(b - a for a, b in itertools.pairwise(arrivals))
-            if tokens > 1:
-                tally.per_output_token.append((arrivals[-1] - arrivals[0]) / (tokens - 1))
+        _record_stream(tally, begun, arrivals, tokens)
 
     return call
 
 
-BUILDERS = {"classify": _classify_call, "generate-stream": _generate_stream_call, "route-message": _route_message_call}
+def _chat_completions_call(
+    session: aiohttp.ClientSession, options: LoadOptions, rng: random.Random, tally: _Tally
+) -> Call:
+    """Streaming POST {target}/v1/chat/completions of an OpenAI-compatible server (ecomserve's gateway, vLLM,
+    llama.cpp's server, ...), with the same prompts and sampling as generate-stream."""
+    prompts = workload("generation.txt")
+    url = options.target.rstrip("/") + "/v1/chat/completions"
+
+    async def call() -> None:
+        body = {
+            "model": options.model,
+            "messages": [{"role": "user", "content": rng.choice(prompts)}],
+            "max_tokens": options.max_new_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "seed": rng.getrandbits(31),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        begun = time.perf_counter()
+        arrivals: list[float] = []
+        tokens = 0
+        try:
+            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=options.timeout_s)) as reply:
+                if reply.status != 200:
+                    tally.record(begun, f"HTTP_{reply.status}")
+                    return
+                async for line in reply.content:
+                    data = line.decode().strip().removeprefix("data: ")
+                    if not line.startswith(b"data: ") or data == "[DONE]":
+                        continue
+                    chunk = json.loads(data)
+                    if chunk.get("choices"):
+                        arrivals.append(time.perf_counter())
+                    tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            tally.record(begun, type(error).__name__)
+            return
+        _record_stream(tally, begun, arrivals, tokens)
+
+    return call
+
+
+def _record_stream(tally: _Tally, begun: float, arrivals: list[float], tokens: int) -> None:
+    """A finished stream: `arrivals` of its messages, `tokens` generated in all."""
+    tally.record(begun, "OK")
+    # Throughput counts tokens that arrived inside the measured window, whenever their call started: each
+    # message carries one token, the final one also those that added no text (end of text, held back).
+    per_message = [1] * (len(arrivals) - 1) + [max(1, tokens - len(arrivals) + 1)]
+    tally.tokens += sum(
+        n for n, at in zip(per_message, arrivals, strict=True) if tally.measure_from <= at < tally.measure_until
+    )
+    if begun >= tally.measure_from and arrivals:
+        tally.ttfts.append(arrivals[0] - begun)
+        tally.inter_token.extend(b - a for a, b in itertools.pairwise(arrivals))
+        if tokens > 1:
+            tally.per_output_token.append((arrivals[-1] - arrivals[0]) / (tokens - 1))
+
+
+BUILDERS = {
+    "classify": _classify_call,
+    "generate-stream": _generate_stream_call,
+    "route-message": _route_message_call,
+    "chat-completions": _chat_completions_call,
+}
 
 
 async def _closed_loop(call: Any, concurrency: int, stop_at: float, ramp_up_s: float) -> None:
@@ -279,7 +342,7 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
         "codes": dict(tally.codes),
         "error_latency_ms": {code: latency_summary_ms(times) for code, times in tally.error_latencies.items()},
     }
-    if options.rpc == "generate-stream":
+    if options.rpc in ("generate-stream", "chat-completions"):
         report.update(
             {
                 "max_new_tokens": options.max_new_tokens,
@@ -295,7 +358,11 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True, help="HOST:PORT of a classifier, generator or gateway")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="HOST:PORT of a classifier, generator or gateway; for chat-completions the base URL http://HOST:PORT",
+    )
     parser.add_argument("--rpc", default="classify", choices=RPCS, help="which RPC to drive")
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent callers")
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson arrivals)")
@@ -315,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("ECOMSERVE_API_KEY", ""),
-        help="route-message: the gateway API key [env ECOMSERVE_API_KEY]",
+        help="route-message, chat-completions: the gateway API key [env ECOMSERVE_API_KEY]",
     )
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
