@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,8 +23,6 @@ from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
 from services.gateway.http_wire import SSE, error_response, log_unexpected, read_body
-
-log = logging.getLogger(__name__)
 
 Translate = Callable[[Any], openai.Generation]
 
@@ -86,9 +83,13 @@ class OpenAIRoutes:
         )
         try:
             first = await anext(deltas)
-            response = web.StreamResponse(
-                headers={"content-type": SSE, "cache-control": "no-cache", REQUEST_ID: call.request_id}
-            )
+        except BaseException:
+            await deltas.aclose()  # type: ignore[attr-defined]
+            raise
+        response = web.StreamResponse(
+            headers={"content-type": SSE, "cache-control": "no-cache", REQUEST_ID: call.request_id}
+        )
+        try:
             await response.prepare(request)
             last = first
             await response.write(openai.sse(answer.chunk(first.text, first.finish_reason, first=True)))
@@ -103,8 +104,6 @@ class OpenAIRoutes:
         except ConnectionError:  # the client went away: closing `deltas` stops the generator's sequence
             return response, grpc.StatusCode.CANCELLED
         except Exception as error:
-            if "response" not in locals():
-                raise
             code = status_of(error)
             log_unexpected(error, code, call.request_id, "stream")
             await response.write(openai.sse(openai.error_body(error, code)))
