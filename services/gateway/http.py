@@ -11,7 +11,6 @@ Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -37,7 +36,8 @@ from services.gateway.http_wire import (
     JSON_LINES,
     SSE,
     TIMEOUT_HEADER,
-    error_response,
+    Respond,
+    counted_answer,
     log_unexpected,
     read_body,
 )
@@ -119,71 +119,30 @@ class HttpBridge:
 
     def _unary_handler(self, method: str, message_class: type[Message], operation: Unary) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID]
-            try:
+            async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
                 call, body = await self._accept(request, message_class)
                 response = await operation(body, call)
-                return web.json_response(to_json(response), headers={REQUEST_ID: request_id})
-            except Exception as error:
-                code = status_of(error)
-                return _error_response(error, code, request_id, method)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._interceptor.end(method, code, started)
+                return web.json_response(to_json(response), headers={REQUEST_ID: call.request_id}), grpc.StatusCode.OK
+
+            return await self._answer(request, method, respond)
 
         return handle
 
     def _stream_handler(self, method: str, message_class: type[Message], operation: Streaming) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            started = self._interceptor.begin()
-            code, request_id = grpc.StatusCode.OK, request[REQUEST_ID]
-            messages: AsyncIterator[Message] | None = None
-            try:
+            async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
                 call, body = await self._accept(request, message_class)
-                messages = operation(body, call)
-                first = await anext(messages)  # validation errors still get their own HTTP status
-            except Exception as error:
-                code = status_of(error)
-                self._interceptor.end(method, code, started)
-                if messages is not None:
-                    await messages.aclose()  # type: ignore[attr-defined]
-                return _error_response(error, code, request_id, method)
-            except BaseException:
-                self._interceptor.end(method, grpc.StatusCode.CANCELLED, started)
-                raise
-            sse = SSE in request.headers.get("accept", "")
-            response = web.StreamResponse(
-                headers={
-                    "content-type": SSE if sse else JSON_LINES,
-                    REQUEST_ID: request_id,
-                    "cache-control": "no-cache",
-                }
-            )
-            try:
-                await response.prepare(request)
-                await response.write(_frame(to_json(first, defaults=False), sse))
-                async for message in messages:
-                    await response.write(_frame(to_json(message, defaults=False), sse))
-                await response.write_eof()
-            except ConnectionError:  # the client went away; closing `messages` stops the backend's sequence
-                code = grpc.StatusCode.CANCELLED
-            except Exception as error:  # the status line is sent: the error travels as the last frame
-                code = status_of(error)
-                log_unexpected(error, code, request_id, method)
-                await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
-                await response.write_eof()
-            except BaseException:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                await messages.aclose()  # type: ignore[attr-defined]
-                self._interceptor.end(method, code, started)
-            return response
+                return await _stream(request, operation(body, call), call.request_id, method)
+
+            return await self._answer(request, method, respond)
 
         return handle
+
+    async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
+        request_id = request[REQUEST_ID]
+        return await counted_answer(
+            self._interceptor, method, request_id, respond, lambda error, code: _error_body(error, code, request_id)
+        )
 
     async def _accept(self, request: web.Request, message_class: type[Message]) -> tuple[CallContext, Message]:
         """What both kinds of handler do first: refuse while draining, admit the caller, parse the body."""
@@ -250,6 +209,39 @@ async def _parse(request: web.Request, message_class: type[Message], timeout_s: 
         raise errors.InvalidArgument("request body nests JSON too deeply") from None
 
 
+async def _stream(
+    request: web.Request, messages: AsyncIterator[Message], request_id: str, method: str
+) -> tuple[web.StreamResponse, grpc.StatusCode]:
+    """Server-sent events (when the request accepts them) or JSON lines; an error before the first message gets its
+    own HTTP status (raised), a later one travels as the last frame."""
+    try:
+        first = await anext(messages)
+    except BaseException:
+        await messages.aclose()  # type: ignore[attr-defined]
+        raise
+    sse = SSE in request.headers.get("accept", "")
+    response = web.StreamResponse(
+        headers={"content-type": SSE if sse else JSON_LINES, REQUEST_ID: request_id, "cache-control": "no-cache"}
+    )
+    try:
+        await response.prepare(request)
+        await response.write(_frame(to_json(first, defaults=False), sse))
+        async for message in messages:
+            await response.write(_frame(to_json(message, defaults=False), sse))
+        await response.write_eof()
+        return response, grpc.StatusCode.OK
+    except ConnectionError:  # the client went away; closing `messages` stops the backend's sequence
+        return response, grpc.StatusCode.CANCELLED
+    except Exception as error:  # the status line is sent: the error travels as the last frame
+        code = status_of(error)
+        log_unexpected(error, code, request_id, method)
+        await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
+        await response.write_eof()
+        return response, code
+    finally:
+        await messages.aclose()  # type: ignore[attr-defined]
+
+
 def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:
     data = json.dumps(body, separators=(",", ":"))
     if not sse:
@@ -260,7 +252,3 @@ def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:
 def _error_body(error: BaseException, code: grpc.StatusCode, request_id: str) -> dict[str, Any]:
     message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error)
     return {"error": {"code": code.name, "message": message, "requestId": request_id}}
-
-
-def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
-    return error_response(_error_body(error, code, request_id), error, code, request_id, method)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
 
 from services.core import errors
+from services.core.status import StatusInterceptor, status_of
 from services.core.wire import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,31 @@ class HttpRefusal(errors.InvalidArgument):
 def status_for(error: BaseException, code: grpc.StatusCode) -> int:
     """The HTTP status of a refused request: its own for HttpRefusal, else its gRPC code's."""
     return error.status if isinstance(error, HttpRefusal) else http_status(code)
+
+
+Respond = Callable[[], Awaitable[tuple[web.StreamResponse, grpc.StatusCode]]]
+Envelope = Callable[[Exception, grpc.StatusCode], dict[str, Any]]
+
+
+async def counted_answer(
+    interceptor: StatusInterceptor, method: str, request_id: str, respond: Respond, envelope: Envelope
+) -> web.StreamResponse:
+    """One HTTP call, counted by the gRPC interceptor like a gRPC call (in flight, drained, requests_total by
+    code): `respond` gives the response and its final code (a stream's is known only at its end); an exception it
+    raises becomes an error response in `envelope`'s shape."""
+    started = interceptor.begin()
+    code = grpc.StatusCode.OK
+    try:
+        response, code = await respond()
+        return response
+    except Exception as error:
+        code = status_of(error)
+        return error_response(envelope(error, code), error, code, request_id, method)
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        interceptor.end(method, code, started)
 
 
 def error_response(

@@ -8,7 +8,6 @@ other gateway call, and a client that goes away mid-stream stops its generation 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,9 +21,10 @@ from services.core.status import StatusInterceptor, status_of
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
-from services.gateway.http_wire import SSE, error_response, log_unexpected, read_body
+from services.gateway.http_wire import SSE, Respond, counted_answer, error_response, log_unexpected, read_body
 
 Translate = Callable[[Any], openai.Generation]
+OK = grpc.StatusCode.OK
 
 
 class OpenAIRoutes:
@@ -51,25 +51,16 @@ class OpenAIRoutes:
         chat = translate is openai.chat_generation
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            started = self._interceptor.begin()
-            code = grpc.StatusCode.OK
-            try:
+            async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
                 call = self._admit(request)
                 generation = translate(await self._json(request))
                 answer = openai.Answer(chat, generation.request.model)
                 if generation.stream:
-                    response, code = await self._stream(request, generation, answer, call)
-                    return response
+                    return await self._stream(request, generation, answer, call)
                 result = await self._backend().unary("Generate", generation.request, call)
-                return web.json_response(answer.complete(result), headers={REQUEST_ID: call.request_id})
-            except Exception as error:
-                code = status_of(error)
-                return _error_response(error, code, request[REQUEST_ID], method)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._interceptor.end(method, code, started)
+                return web.json_response(answer.complete(result), headers={REQUEST_ID: call.request_id}), OK
+
+            return await self._answer(request, method, respond)
 
         return handle
 
@@ -100,7 +91,7 @@ class OpenAIRoutes:
                 await response.write(openai.sse(answer.usage_chunk(last.usage)))
             await response.write(openai.sse("[DONE]"))
             await response.write_eof()
-            return response, grpc.StatusCode.OK
+            return response, OK
         except ConnectionError:  # the client went away: closing `deltas` stops the generator's sequence
             return response, grpc.StatusCode.CANCELLED
         except Exception as error:
@@ -112,28 +103,27 @@ class OpenAIRoutes:
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]
 
-    async def _models(self, request: web.Request) -> web.Response:
-        started = self._interceptor.begin()
-        code = grpc.StatusCode.OK
-        try:
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
             call = self._admit(request)
             listed = await self._backend().unary("ListModels", generator_pb2.ListModelsRequest(), call)
             models = openai.models_list(list(listed.models))
             wanted = request.match_info.get("model")
             if wanted is None:
-                return web.json_response(models, headers={REQUEST_ID: call.request_id})
+                return web.json_response(models, headers={REQUEST_ID: call.request_id}), OK
             if wanted not in {model["id"] for model in models["data"]}:
                 raise errors.NotFound(f"the model {wanted!r} does not exist; GET /v1/models lists the models served")
-            return web.json_response(openai.model_object(wanted), headers={REQUEST_ID: call.request_id})
-        except Exception as error:
-            code = status_of(error)
-            return _error_response(error, code, request[REQUEST_ID], "ListModels")
-        finally:
-            self._interceptor.end("ListModels", code, started)
+            return web.json_response(openai.model_object(wanted), headers={REQUEST_ID: call.request_id}), OK
+
+        return await self._answer(request, "ListModels", respond)
+
+    async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
+        return await counted_answer(self._interceptor, method, request[REQUEST_ID], respond, openai.error_body)
 
     async def _no_embeddings(self, request: web.Request) -> web.Response:
         refusal = errors.NotFound("no embedding model is served here yet: /v1/embeddings is not available")
-        return _error_response(refusal, grpc.StatusCode.NOT_FOUND, request[REQUEST_ID], "Embeddings")
+        code = grpc.StatusCode.NOT_FOUND
+        return error_response(openai.error_body(refusal, code), refusal, code, request[REQUEST_ID], "Embeddings")
 
     async def _json(self, request: web.Request) -> Any:
         try:
@@ -145,7 +135,3 @@ class OpenAIRoutes:
         if self._generator is None:
             raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
         return self._generator
-
-
-def _error_response(error: Exception, code: grpc.StatusCode, request_id: str, method: str) -> web.Response:
-    return error_response(openai.error_body(error, code), error, code, request_id, method)
