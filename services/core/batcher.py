@@ -38,7 +38,7 @@ class DynamicBatcher(Generic[I, O]):
     - When more items wait than fit, the batch takes the oldest item and the items whose `size_of` is nearest
       to it (length bucketing: one pad length per batch wastes little).
     - At most `max_queue_size` items wait; `submit_many` admits all of a request's items or raises QueueFull.
-    - Admission by time: the batcher measures its service rate (items per second while a batch runs) and
+    - Admission by time: the batcher measures its service rate (items per second while items wait or run) and
       refuses at once (QueueFull with a retry hint) items that, behind the items queued and running, would not be
       done within a share of their deadline or within `max_queue_time_s` (0: no such limit). Under overload the
       queue so stays as long as callers are willing to wait, and callers learn it at once instead of timing out.
@@ -175,11 +175,12 @@ class DynamicBatcher(Generic[I, O]):
                 continue
             await self._wait_until_batch_closes(loop)
             await self._slots.acquire()
-            live = [p for p in self._take_batch(loop.time()) if not p.future.done()]
+            now = loop.time()
+            self._account_busy(now)  # before taking the batch: its items waited until now
+            live = [p for p in self._take_batch(now) if not p.future.done()]
             if not live:
                 self._slots.release()
                 continue
-            self._account_busy(loop.time())
             self._running_items += len(live)
             task = loop.create_task(self._complete(live, self._start(live)))
             self._running.add(task)

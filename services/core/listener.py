@@ -22,7 +22,6 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 log = logging.getLogger(__name__)
 
 OVERLOADED = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n"
-SHUTDOWN_TIMEOUT_S = 5.0
 
 
 class _Refusal(asyncio.Protocol):
