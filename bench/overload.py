@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.load import LoadOptions, run_load
 from bench.targets import check
-from services.dev.launcher import free_port, spawn, stop, wait_serving
+from services.dev.launcher import service_process
 
 DEADLINES_S = (1.0, 10.0)
 UNANSWERED = ("DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")
@@ -38,15 +38,9 @@ CAPACITY_CONCURRENCY = 32
 
 @contextmanager
 def started(module: str, *flags: str, log: Path) -> Iterator[tuple[str, int]]:
-    """A service on a free loopback port until the block ends: (HOST:PORT, pid)."""
-    port = free_port()
-    child = spawn(module, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *flags, log=log)
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_serving(address, child, 300, module)
+    """A service on a free loopback port, without /metrics, until the block ends: (HOST:PORT, pid)."""
+    with service_process(module, "--metrics-port", "0", *flags, timeout_s=300, log=log) as (address, child):
         yield address, child.pid
-    finally:
-        stop(child)
 
 
 def resident_mb(pid: int) -> float:

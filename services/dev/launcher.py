@@ -100,11 +100,20 @@ def stop(child: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 @contextmanager
 def service(module: str, *flags: str, timeout_s: float = 180.0, log: Path | None = None) -> Iterator[str]:
     """Run `python -m <module> --host 127.0.0.1 --port <free> <flags>` until the block ends; yields HOST:PORT."""
+    with service_process(module, *flags, timeout_s=timeout_s, log=log) as (address, _):
+        yield address
+
+
+@contextmanager
+def service_process(
+    module: str, *flags: str, timeout_s: float = 180.0, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `service`, and the child process too (to measure it, say)."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     child = spawn(module, "--host", "127.0.0.1", "--port", str(port), *flags, log=log)
     try:
         wait_serving(address, child, timeout_s, module)
-        yield address
+        yield address, child
     finally:
         stop(child)
