@@ -5,28 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from services.core.config import (
-    knob,
-    log_level_knob,
-    max_connection_age_knob,
-    metrics_host_knob,
-    require,
-    require_server_knobs,
-    require_tls_knobs,
-    tls_cert_knob,
-    tls_client_ca_knob,
-    tls_key_knob,
-)
+from services.core.config import knob, require
+from services.core.service import ModelServerConfig
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    host: str = knob("0.0.0.0", "address to listen on for gRPC")
+class ClassifierConfig(ModelServerConfig):
     port: int = knob(50051, "gRPC port (0 picks a free one)")
     metrics_port: int = knob(9101, "Prometheus /metrics port (0 disables)")
-    metrics_host: str = metrics_host_knob()
-    models: str = knob("models", "model repository folder (written by `python -m export`)")
-    model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every classifier)")
+    model_names: tuple[str, ...] = knob(
+        (), "comma-separated model names to serve (default: every classifier and embedding model)"
+    )
+    grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
     max_batch_size: int = knob(32, "most texts in one model batch")
     max_queue_delay_ms: float = knob(
         0.0,
@@ -53,7 +43,6 @@ class ClassifierConfig:
         "a text's scores never depend on what it is batched with: models that quantize activations per run (dynamic "
         "int8) run every text on its own (--no-batch-invariant batches them: more throughput, scores that move)",
     )
-    device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     inference_threads: int = knob(
         0, "threads that run a batch's onnxruntime runs in parallel, per model (0: one per core; 1 on a GPU)"
     )
@@ -61,16 +50,9 @@ class ClassifierConfig:
         0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )
     tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
-    tls_cert_file: str = tls_cert_knob()
-    tls_key_file: str = tls_key_knob()
-    tls_client_ca_file: str = tls_client_ca_knob()
-    max_connection_age_s: float = max_connection_age_knob()
-    grace_period_s: float = knob(20.0, "on SIGTERM, how long in-flight requests may take to finish")
-    log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
-        require_server_knobs(self)
-        require_tls_knobs(self)
+        super().__post_init__()
         require(self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}")
         require(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")
@@ -78,7 +60,6 @@ class ClassifierConfig:
         require(self.max_concurrent_batches >= 1, "max_concurrent_batches must be >= 1")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
         require(self.run_overhead_tokens >= 0, f"run_overhead_tokens must be >= 0, got {self.run_overhead_tokens}")
-        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.inference_threads >= 0, f"inference_threads must be >= 0, got {self.inference_threads}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         require(self.tokenizer_threads >= 1, f"tokenizer_threads must be >= 1, got {self.tokenizer_threads}")
@@ -89,7 +70,3 @@ class ClassifierConfig:
         cores = os.cpu_count() or 1
         inference = self.inference_threads or (1 if on_gpu else cores)
         return inference, self.intra_op_threads or max(1, cores // inference)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"

@@ -1,4 +1,4 @@
-"""ClassifierServicer: thin gRPC translation; validation in ClassifyQuery, work in ClassifierModel."""
+"""ClassifierServicer: thin gRPC translation; validation in ClassifyQuery, work in the models' heads."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
-from services.classifier.model import Classification, ClassifierModel
+from services.classifier.heads import Classification, ClassifierModel
 from services.core.errors import InvalidArgument
 from services.core.repository import Registry
 from services.core.server import deadline_of
+from services.core.service import model_listing
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         return classifier_pb2.ListModelsResponse(
             models=[
                 classifier_pb2.ModelInfo(
-                    name=name,
-                    version=version,
-                    is_default=is_default,
+                    **common,
                     labels=model.labels,
                     max_sequence_length=model.max_length,
                     status=classifier_pb2.MODEL_STATUS_READY,
-                    quantization=model.version.manifest.quantization.get("method", "none"),
-                    execution_provider=model.runner.provider,
                 )
-                for name, version, model, is_default in self._registry
+                for common, model in model_listing(self._registry)
             ]
         )
 

@@ -21,6 +21,11 @@ class ModelVersion:
     manifest: Manifest
 
     @property
+    def label(self) -> str:
+        """The model label of metrics and logs: name/version."""
+        return f"{self.name}/{self.version}"
+
+    @property
     def model_path(self) -> Path:
         return self.folder / MODEL_FILE
 
@@ -34,24 +39,25 @@ class ModelVersion:
             )
 
 
-def discover(root: Path, task: str, names: tuple[str, ...] = ()) -> list[ModelVersion]:
-    """Every version of every model of `task` under root (only `names` when given; each must exist)."""
+def discover(root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = ()) -> list[ModelVersion]:
+    """Every version of every model of one of `tasks` under root (only `names` when given; each must exist)."""
     if not root.is_dir():
         raise ModelFailure(f"model repository {root} does not exist; run `python -m export defaults --out {root}`")
     candidates = names or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    kinds = " or ".join(tasks)
     found = []
     for name in candidates:
         versions = version_folders(root, name)
         matching = [
             ModelVersion(name, number, folder, manifest)
             for number, folder in sorted(versions.items())
-            if (manifest := Manifest.read(folder)).task == task
+            if (manifest := Manifest.read(folder)).task in tasks
         ]
         if names and not matching:
-            raise ModelFailure(f"model {name!r} has no {task} version under {root}")
+            raise ModelFailure(f"model {name!r} has no {kinds} version under {root}")
         found.extend(matching)
     if not found:
-        raise ModelFailure(f"no {task} models under {root}")
+        raise ModelFailure(f"no {kinds} models under {root}")
     return found
 
 

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.core.config import (
-    knob,
-    log_level_knob,
-    max_connection_age_knob,
-    metrics_host_knob,
-    require,
-    require_server_knobs,
-    require_tls_knobs,
-    tls_cert_knob,
-    tls_client_ca_knob,
-    tls_key_knob,
-)
+from services.core.config import knob, require
+from services.core.service import ModelServerConfig
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    host: str = knob("0.0.0.0", "address to listen on for gRPC")
+class GeneratorConfig(ModelServerConfig):
     port: int = knob(50052, "gRPC port (0 picks a free one)")
     metrics_port: int = knob(9102, "Prometheus /metrics port (0 disables)")
-    metrics_host: str = metrics_host_knob()
-    models: str = knob("models", "model repository folder (written by `python -m export`)")
     model_names: tuple[str, ...] = knob((), "comma-separated model names to serve (default: every generator)")
+    grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
     max_running_sequences: int = knob(32, "most sequences decoded together in one step (the batch size)")
     max_batch_total_tokens: int = knob(
         16384, "most prompt + max_new_tokens tokens summed over the running sequences (bounds the KV cache)"
@@ -42,18 +30,10 @@ class GeneratorConfig:
         "running or waiting, RESOURCE_EXHAUSTED at once",
     )
     max_stop_sequences: int = knob(8, "most stop sequences per request")
-    device: str = knob("auto", "execution provider: auto (CUDA when available), cpu or cuda")
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
-    tls_cert_file: str = tls_cert_knob()
-    tls_key_file: str = tls_key_knob()
-    tls_client_ca_file: str = tls_client_ca_knob()
-    max_connection_age_s: float = max_connection_age_knob()
-    grace_period_s: float = knob(30.0, "on SIGTERM, how long running streams may take to finish")
-    log_level: str = log_level_knob()
 
     def __post_init__(self) -> None:
-        require_server_knobs(self)
-        require_tls_knobs(self)
+        super().__post_init__()
         require(
             self.max_running_sequences >= 1, f"max_running_sequences must be >= 1, got {self.max_running_sequences}"
         )
@@ -75,9 +55,4 @@ class GeneratorConfig:
         )
         require(self.max_waiting_requests >= 1, f"max_waiting_requests must be >= 1, got {self.max_waiting_requests}")
         require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
-        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"

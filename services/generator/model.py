@@ -35,7 +35,7 @@ class Prompt:
 
 
 class GeneratorModel:
-    """One served generator version. `start` validates and queues a request; `stream` yields its text deltas until
+    """One served generator version. `submit` validates and queues a request; `stream` yields its text deltas until
     the finishing one, and cancels the sequence if the caller stops listening. Raises InvalidArgument (prompt
     too long, no chat template for messages), QueueFull, DeadlineExceeded, Unavailable and ModelFailure."""
 
@@ -63,7 +63,7 @@ class GeneratorModel:
         self.pad_id = 0 if pad_id is None else int(pad_id)
         self.vocab_size = int(manifest.outputs[0].shape[-1])
         self.decoder = DecoderRunner(runner, manifest)
-        self._label = f"{version.name}/{version.version}"
+        self._label = version.label
         self._prepare_pool = prepare_pool
         self.scheduler = ContinuousScheduler(self.decoder, budgets, self.pad_id, self._label, on_fatal)
 
@@ -72,6 +72,9 @@ class GeneratorModel:
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()
+
+    def describe(self) -> str:
+        return f"{self.decoder.num_layers} layers, max {self.max_input_tokens} input tokens"
 
     def warm_up(self) -> None:
         """A prefill and a decode step on a two-row batch, so the first request skips onnxruntime's lazy setup."""
@@ -82,7 +85,7 @@ class GeneratorModel:
         batch, _ = DecodeBatch.prefill(self.decoder, sequences, self.pad_id)
         batch.decode(self.decoder)
 
-    async def start(self, prompt: Prompt, params: SamplingParams, deadline: float | None) -> Sequence:
+    async def submit(self, prompt: Prompt, params: SamplingParams, deadline: float | None) -> Sequence:
         """Tokenize (off the event loop) and queue; the returned sequence's deltas come from `stream`."""
         loop = asyncio.get_running_loop()
         prompt_ids = await loop.run_in_executor(self._prepare_pool, self.encode, prompt)

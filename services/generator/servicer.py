@@ -11,6 +11,7 @@ from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.core.errors import InvalidArgument
 from services.core.repository import Registry
 from services.core.server import deadline_of
+from services.core.service import model_listing
 from services.generator.chat import ROLES
 from services.generator.model import GeneratorModel, Prompt
 from services.generator.sampling import SamplingParams
@@ -102,7 +103,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> generator_pb2.GenerateResponse:
         query = GenerationQuery.from_pb(request, self._limits)
         version, model = self._registry.get(query.model, query.version)
-        sequence = await model.start(query.prompt, query.params, deadline_of(context))
+        sequence = await model.submit(query.prompt, query.params, deadline_of(context))
         text = "".join([delta.text async for delta in model.stream(sequence)])
         return generator_pb2.GenerateResponse(
             model=query.model,
@@ -118,7 +119,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> AsyncIterator[generator_pb2.GenerateStreamResponse]:
         query = GenerationQuery.from_pb(request, self._limits)
         version, model = self._registry.get(query.model, query.version)
-        sequence = await model.start(query.prompt, query.params, deadline_of(context))
+        sequence = await model.submit(query.prompt, query.params, deadline_of(context))
         async for delta in model.stream(sequence):
             if delta.finish is None:
                 yield generator_pb2.GenerateStreamResponse(text=delta.text)
@@ -138,17 +139,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return generator_pb2.ListModelsResponse(
             models=[
                 generator_pb2.ModelInfo(
-                    name=name,
-                    version=version,
-                    is_default=is_default,
+                    **common,
                     max_input_tokens=model.max_input_tokens,
                     max_new_tokens=self._limits.max_new_tokens,
                     max_sequence_length=model.max_sequence_length,
                     has_chat_template=model.chat_template is not None,
-                    quantization=model.version.manifest.quantization.get("method", "none"),
-                    execution_provider=model.runner.provider,
                 )
-                for name, version, model, is_default in self._registry
+                for common, model in model_listing(self._registry)
             ]
         )
 

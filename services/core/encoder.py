@@ -1,4 +1,5 @@
-"""ClassifierModel: tokenization, batching and post-processing around one exported classifier version.
+"""BatchedEncoder: tokenization, dynamic batching and onnxruntime runs of one exported encoder version, the base
+of every encoder kind (a classifier's or an embedder's head sits on the rows it returns).
 
 Texts are tokenized in a thread pool when a request arrives (so their token lengths are known for bucketing),
 queued in the model's DynamicBatcher as one item each, and run through the OnnxRunner in worker threads. A batch
@@ -6,7 +7,7 @@ is split by length into the onnxruntime runs that waste least (services.core.pad
 text; what one run costs in padded tokens is measured at warm-up unless configured. Models that quantize
 activations per run (dynamic int8) get one run per text instead, so that no text's scores depend on its batch.
 The runs of a batch are shared out among the inference threads, costliest first, so one batch keeps every core
-busy and ends as soon as possible.
+busy and ends as soon as possible. The graph is run for the first output its manifest names, one row per text.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from services.core.repository import ModelVersion
 from services.core.runner import FailureStreak, OnnxRunner, inference_thread_priority
 
 log = logging.getLogger(__name__)
-SERVICE = "classifier"
-WARMUP_TEXT = "warming up the classifier with a sentence of moderate length"
+WARMUP_TEXT = "warming up the encoder with a sentence of moderate length"
 # Run-overhead measurement: the best of CALIBRATION_REPEATS runs of 1 and of CALIBRATION_ROWS rows, both
 # CALIBRATION_WIDTH tokens wide; the difference is the cost of the extra tokens, the rest is the run's own cost.
 CALIBRATION_ROWS = 16
@@ -53,7 +53,7 @@ class BatchingOptions:
 
 
 @dataclass(frozen=True)
-class ClassifyItem:
+class EncoderItem:
     """One tokenized text waiting for its batch."""
 
     ids: np.ndarray
@@ -66,21 +66,22 @@ class ClassifyItem:
 
 
 @dataclass(frozen=True)
-class Classification:
-    """Labels with probabilities, best first, for one text."""
+class EncodedText:
+    """The graph's output row for one text, and what the model saw of the text."""
 
-    labels: list[tuple[str, float]]
+    output: np.ndarray
     token_count: int
     truncated: bool
 
 
-class ClassifierModel:
-    """One served classifier version. `classify` is safe to call from many concurrent requests; every text
-    becomes one batcher item. Raises InvalidArgument (over-long text without truncate), QueueFull,
-    DeadlineExceeded, Unavailable (draining) and ModelFailure (runtime broken)."""
+class BatchedEncoder:
+    """One served encoder version. `encode` is safe to call from many concurrent requests; every text becomes
+    one batcher item. Raises InvalidArgument (over-long text without truncate), QueueFull, DeadlineExceeded,
+    Unavailable (draining) and ModelFailure (runtime broken)."""
 
     def __init__(
         self,
+        service: str,
         version: ModelVersion,
         runner: OnnxRunner,
         batching: BatchingOptions,
@@ -89,9 +90,11 @@ class ClassifierModel:
     ) -> None:
         self.version = version
         self.runner = runner
-        self.labels = version.manifest.labels
         self.max_length = version.manifest.max_sequence_length
-        self._label = f"{version.name}/{version.version}"
+        self._service = service
+        self._label = version.label
+        self._output_name = version.manifest.outputs[0].name
+        self._warmup_batch_size = batching.max_batch_size
         self._feed_names = [spec.name for spec in version.manifest.inputs]
         self._pad_id = int(version.manifest.special_tokens.get("pad_token_id") or 0)
         self._tokenizer = Tokenizer.from_file(str(version.folder / TOKENIZER_FILE))
@@ -107,7 +110,7 @@ class ClassifierModel:
         # run get a run of their own for every text (the batch's runs still spread over the inference threads).
         self.one_text_per_run = batching.batch_invariant and version.manifest.quantizes_activations_per_run
         self.run_overhead_tokens = batching.run_overhead_tokens
-        self.batcher: DynamicBatcher[ClassifyItem, np.ndarray] = DynamicBatcher(
+        self.batcher: DynamicBatcher[EncoderItem, np.ndarray] = DynamicBatcher(
             self.predict_batch,
             max_batch_size=batching.max_batch_size,
             max_wait_s=batching.max_queue_delay_ms / 1000,
@@ -115,34 +118,37 @@ class ClassifierModel:
             max_concurrent_batches=batching.max_concurrent_batches,
             max_queue_time_s=batching.max_queue_time_s,
             size_of=lambda item: item.length,
-            on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(SERVICE, self._label, reason).inc(n),
+            on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(service, self._label, reason).inc(n),
         )
-        metrics.QUEUE_DEPTH.labels(SERVICE, self._label).set_function(lambda: self.batcher.depth)
-        metrics.QUEUE_CAPACITY.labels(SERVICE, self._label).set(batching.max_queue_size)
-        metrics.RUNTIME_INFO.labels(SERVICE, self._label).info(
+        metrics.QUEUE_DEPTH.labels(service, self._label).set_function(lambda: self.batcher.depth)
+        metrics.QUEUE_CAPACITY.labels(service, self._label).set(batching.max_queue_size)
+        metrics.RUNTIME_INFO.labels(service, self._label).info(
             {"provider": runner.provider, "quantization": version.manifest.quantization.get("method", "none")}
         )
 
-    def start(self) -> None:
+    def start_serving(self) -> None:
         self.batcher.start()
-        metrics.MODEL_READY.labels(SERVICE, self._label).set(1)
 
     async def aclose(self) -> None:
-        metrics.MODEL_READY.labels(SERVICE, self._label).set(0)
         await self.batcher.aclose()
         self._infer_pool.shutdown(wait=True)
 
-    def warm_up(self, batch_size: int) -> None:
+    def describe(self) -> str:
+        if self.one_text_per_run:
+            return f"max {self.max_length} tokens, one text per run: activations are quantized per run"
+        return f"max {self.max_length} tokens, a run costs {self.run_overhead_tokens:.1f} padded tokens"
+
+    def warm_up(self) -> None:
         """Run a full batch once so the first request does not pay for onnxruntime's lazy initialisation, then
         measure what a run costs in padded tokens unless it was configured."""
-        items = [item for item, _ in self._encode([WARMUP_TEXT] * batch_size, truncate=True)]
+        items = [item for item, _ in self._tokenize([WARMUP_TEXT] * self._warmup_batch_size, truncate=True)]
         self._forward(items)
         if not self.run_overhead_tokens and not self.one_text_per_run:
             self.run_overhead_tokens = self._measure_run_overhead(items[0])
 
-    def _measure_run_overhead(self, sample: ClassifyItem) -> float:
+    def _measure_run_overhead(self, sample: EncoderItem) -> float:
         repeat = CALIBRATION_WIDTH // sample.length + 1
-        row = ClassifyItem(
+        row = EncoderItem(
             np.tile(sample.ids, repeat)[:CALIBRATION_WIDTH], np.tile(sample.type_ids, repeat)[:CALIBRATION_WIDTH], 0.0
         )
 
@@ -158,24 +164,23 @@ class ClassifierModel:
         per_token = max(full - single, 1e-9) / ((CALIBRATION_ROWS - 1) * CALIBRATION_WIDTH)
         return max(single - CALIBRATION_WIDTH * per_token, 0.0) / per_token
 
-    async def classify(
-        self, texts: Sequence[str], top_k: int, truncate: bool, deadline: float | None
-    ) -> list[Classification]:
+    async def encode(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> list[EncodedText]:
+        """The output row of every text, in order, each computed as if the text were alone (batch invariance
+        where the model needs it: see one_text_per_run)."""
         self.batcher.admit(len(texts), deadline)  # an overloaded replica refuses before it spends work
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, texts, truncate)
-        probabilities = await self.batcher.submit_many([item for item, _ in encoded], deadline)
+        tokenized = await loop.run_in_executor(self._tokenize_pool, self._tokenize, texts, truncate)
+        rows = await self.batcher.submit_many([item for item, _ in tokenized], deadline)
         return [
-            self._top(probs, top_k, item.length, truncated)
-            for probs, (item, truncated) in zip(probabilities, encoded, strict=True)
+            EncodedText(row, item.length, truncated) for row, (item, truncated) in zip(rows, tokenized, strict=True)
         ]
 
-    def predict_batch(self, items: list[ClassifyItem]) -> Awaitable[list[np.ndarray | BaseException]]:
+    def predict_batch(self, items: list[EncoderItem]) -> Awaitable[list[np.ndarray | BaseException]]:
         """Hand the batch's runs to the inference threads now, on the loop, and return an awaitable of the
-        probabilities per item (the batcher delivers the previous batch's results while these run)."""
+        output row per item (the batcher delivers the previous batch's results while these run)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        labels = (SERVICE, self._label)
+        labels = (self._service, self._label)
         queue_duration = metrics.QUEUE_DURATION.labels(*labels)
         for item in items:
             queue_duration.observe(started - item.queued_at)
@@ -208,12 +213,12 @@ class ClassifierModel:
             raise
         self._failures.succeeded()
         results: list[np.ndarray | BaseException] = [np.empty(0)] * count
-        for run, probabilities in zip(runs, outputs, strict=True):
-            for index, row in zip(run, probabilities, strict=True):
+        for run, rows in zip(runs, outputs, strict=True):
+            for index, row in zip(run, rows, strict=True):
                 results[index] = row
         return results
 
-    def _encode(self, texts: Sequence[str], truncate: bool) -> list[tuple[ClassifyItem, bool]]:
+    def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[tuple[EncoderItem, bool]]:
         encodings = self._tokenizer.encode_batch(list(texts))
         now = time.perf_counter()
         items = []
@@ -225,13 +230,13 @@ class ClassifierModel:
                     "shorten it or set truncate=true"
                 )
             ids = np.asarray(encoding.ids, dtype=np.int64)
-            items.append((ClassifyItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
+            items.append((EncoderItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
         return items
 
-    def _run_waiting(self, waiting: deque[tuple[int, list[ClassifyItem]]], outputs: list[list[np.ndarray]]) -> None:
+    def _run_waiting(self, waiting: deque[tuple[int, list[EncoderItem]]], outputs: list[list[np.ndarray]]) -> None:
         """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output stored at
         its run's index and recorded in the run metrics."""
-        labels = (SERVICE, self._label)
+        labels = (self._service, self._label)
         inference, efficiency = metrics.INFERENCE_DURATION.labels(*labels), metrics.PADDING_EFFICIENCY.labels(*labels)
         runs = 0
         while True:
@@ -246,8 +251,8 @@ class ClassifierModel:
             runs += 1
         metrics.INFERENCE_RUNS.labels(*labels).inc(runs)
 
-    def _forward(self, items: list[ClassifyItem]) -> tuple[list[np.ndarray], float]:
-        """Pad the items to the longest and run them; returns their probabilities and real / padded tokens."""
+    def _forward(self, items: list[EncoderItem]) -> tuple[list[np.ndarray], float]:
+        """Pad the items to the longest and run them; returns their output rows and real / padded tokens."""
         width = max(item.length for item in items)
         ids = np.full((len(items), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(items), width), dtype=np.int64)
@@ -257,18 +262,5 @@ class ClassifierModel:
             mask[row, : item.length] = 1
             type_ids[row, : item.length] = item.type_ids
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        (probabilities,) = self.runner.run({n: available[n] for n in self._feed_names}, ["probabilities"])
-        return list(probabilities), float(mask.sum()) / mask.size
-
-    def _top(self, probabilities: np.ndarray, top_k: int, length: int, truncated: bool) -> Classification:
-        count = len(self.labels) if top_k == 0 else min(top_k, len(self.labels))
-        if count < len(self.labels):
-            best = np.argpartition(-probabilities, count - 1)[:count]
-            order = best[np.argsort(-probabilities[best], kind="stable")]
-        else:
-            order = np.argsort(-probabilities, kind="stable")
-        return Classification(
-            labels=[(self.labels[i], float(probabilities[i])) for i in order],
-            token_count=length,
-            truncated=truncated,
-        )
+        (output,) = self.runner.run({n: available[n] for n in self._feed_names}, [self._output_name])
+        return list(output), float(mask.sum()) / mask.size

@@ -1,0 +1,49 @@
+"""The heads the classifier service puts on a BatchedEncoder's output rows: class probabilities -> top-k labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.core.encoder import BatchedEncoder
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Labels with probabilities, best first, for one text."""
+
+    labels: list[tuple[str, float]]
+    token_count: int
+    truncated: bool
+
+
+class ClassifierModel(BatchedEncoder):
+    """A classifier version: its graph's output row is a probability per label (manifest order)."""
+
+    @property
+    def labels(self) -> list[str]:
+        return self.version.manifest.labels
+
+    def describe(self) -> str:
+        return f"{len(self.labels)} labels, {super().describe()}"
+
+    async def classify(
+        self, texts: Sequence[str], top_k: int, truncate: bool, deadline: float | None
+    ) -> list[Classification]:
+        """top_k labels per text, best first (0: all)."""
+        encoded = await self.encode(texts, truncate, deadline)
+        return [self._top(text.output, top_k, text.token_count, text.truncated) for text in encoded]
+
+    def _top(self, probabilities: np.ndarray, top_k: int, length: int, truncated: bool) -> Classification:
+        labels = self.labels
+        count = len(labels) if top_k == 0 else min(top_k, len(labels))
+        if count < len(labels):
+            best = np.argpartition(-probabilities, count - 1)[:count]
+            order = best[np.argsort(-probabilities[best], kind="stable")]
+        else:
+            order = np.argsort(-probabilities, kind="stable")
+        return Classification(
+            labels=[(labels[i], float(probabilities[i])) for i in order], token_count=length, truncated=truncated
+        )

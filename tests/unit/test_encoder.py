@@ -1,0 +1,127 @@
+"""BatchedEncoder over tiny exported models, no sockets: rows equal plain onnxruntime on each text alone, runs
+planned by cost, one run per text where activations are quantized per run, length limits."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from prometheus_client import REGISTRY
+from tokenizers import Tokenizer
+
+from services.core.encoder import BatchedEncoder, BatchingOptions
+from services.core.errors import InvalidArgument
+from services.core.manifest import Manifest
+from services.core.repository import ModelVersion
+from services.core.runner import OnnxRunner, RuntimeOptions
+
+TEXTS = [
+    "where is my order",
+    "i want a refund please the blender came broken and i want my money back today",
+    "hello",
+    "can i talk to a real person about the late parcel",
+    "thanks",
+    "how do i change the delivery address",
+]
+# Every test's encoder gets its own metrics label, so counters read back are that test's alone.
+SERVICES = (f"unit-encoder-{n}" for n in itertools.count())
+
+
+def alone(folder: Path, text: str) -> np.ndarray:
+    """Plain onnxruntime on one text alone: no padding, no batching."""
+    encoding = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": np.array([encoding.ids], np.int64),
+        "attention_mask": np.array([encoding.attention_mask], np.int64),
+        "token_type_ids": np.array([encoding.type_ids], np.int64),
+    }
+    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0][0]
+
+
+@asynccontextmanager
+async def running_encoder(folder: Path, **batching: Any) -> AsyncIterator[tuple[BatchedEncoder, str]]:
+    manifest = Manifest.read(folder)
+    version = ModelVersion(manifest.name, manifest.version, folder, manifest)
+    options = BatchingOptions(
+        **{"max_batch_size": 8, "max_queue_delay_ms": 20.0, "max_queue_size": 64, "max_concurrent_batches": 1}
+        | batching
+    )
+    service = next(SERVICES)
+    pool = ThreadPoolExecutor(1)
+    failures: list[str] = []
+    encoder = BatchedEncoder(
+        service, version, OnnxRunner(version.model_path, RuntimeOptions("cpu")), options, pool, failures.append
+    )
+    await asyncio.to_thread(encoder.warm_up)
+    encoder.start_serving()
+    try:
+        yield encoder, service
+    finally:
+        await encoder.aclose()
+        pool.shutdown()
+        assert not failures
+
+
+def runs_of(service: str, encoder: BatchedEncoder) -> float:
+    value = REGISTRY.get_sample_value(
+        "ecomserve_inference_runs_total", {"service": service, "model": encoder.version.label}
+    )
+    return value or 0.0
+
+
+async def test_rows_equal_plain_onnxruntime_on_each_text_alone(model_repo: Path) -> None:
+    folder = model_repo / "sentiment" / "1"
+    async with running_encoder(folder, run_overhead_tokens=1000.0) as (encoder, _):
+        # Concurrent requests share padded batches; every row must still be the text's own.
+        answers = await asyncio.gather(*(encoder.encode([text], False, None) for text in TEXTS))
+    for text, [encoded] in zip(TEXTS, answers, strict=True):
+        np.testing.assert_allclose(encoded.output, alone(folder, text), atol=1e-5)
+        assert not encoded.truncated
+        assert encoded.token_count == len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids)
+
+
+@pytest.mark.parametrize(("overhead", "one_run"), [(1000.0, True), (0.5, False)])
+async def test_a_batch_is_cut_into_the_runs_its_cost_model_prefers(
+    model_repo: Path, overhead: float, one_run: bool
+) -> None:
+    """A costly run (large overhead) puts the whole batch in one run; a cheap one gives every length its own."""
+    folder = model_repo / "sentiment" / "1"
+    async with running_encoder(folder, run_overhead_tokens=overhead) as (encoder, service):
+        before = runs_of(service, encoder)
+        await encoder.encode(TEXTS, False, None)
+        runs = runs_of(service, encoder) - before
+    lengths = {len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(t).ids) for t in TEXTS}
+    assert runs == (1 if one_run else len(lengths))
+
+
+async def test_models_that_quantize_per_run_get_one_run_per_text(model_repo: Path) -> None:
+    folder = model_repo / "intent" / "2"
+    assert Manifest.read(folder).quantizes_activations_per_run
+    async with running_encoder(folder, run_overhead_tokens=1000.0) as (encoder, service):
+        assert encoder.one_text_per_run
+        before = runs_of(service, encoder)
+        encoded = await encoder.encode(TEXTS, False, None)
+        assert runs_of(service, encoder) - before == len(TEXTS)
+    for text, row in zip(TEXTS, encoded, strict=True):
+        np.testing.assert_array_equal(row.output, alone(folder, text))
+
+
+async def test_over_long_text_is_refused_or_truncated_as_asked(model_repo: Path) -> None:
+    folder = model_repo / "sentiment" / "1"
+    limit = Manifest.read(folder).max_sequence_length
+    long_text = " ".join(["refund"] * (limit + 10))
+    async with running_encoder(folder) as (encoder, _):
+        with pytest.raises(InvalidArgument, match=f"texts\\[1\\].*max_sequence_length of {limit}"):
+            await encoder.encode(["hello", long_text], False, None)
+        [short, cut] = await encoder.encode(["hello", long_text], True, None)
+    assert not short.truncated
+    assert cut.truncated and cut.token_count == limit
