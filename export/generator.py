@@ -26,7 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from export import quantize, sources
 from export.errors import ExportError
-from export.package import choose_version, find_existing, staging_folder, tool_versions
+from export.package import choose_version, earlier_export, staging_folder, tool_versions
 from export.progress import say, step
 from export.samples import GENERATOR_PROMPTS
 from services.core.manifest import (
@@ -150,9 +150,8 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
         )
         inputs = [folder / job.gguf_file] if job.gguf_file else [folder]
         digest = sources.inputs_digest(inputs, extra)
-        if job.version is None and (previous := find_existing(job.out, job.name, digest)):
-            say(f"[export] {job.name} v{previous.version} already exported from the same inputs; skipping")
-            return previous, job.out / job.name / str(previous.version)
+        if previous := earlier_export(job.out, job.name, job.version, digest):
+            return previous
     version = choose_version(job.out, job.name, job.version, job.force)
 
     model, tokenizer = load_causal_lm(job.model, job.gguf_file)

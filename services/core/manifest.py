@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 
 TASK_CLASSIFICATION = "text-classification"
 TASK_GENERATION = "text-generation"
+TASK_EMBEDDING = "feature-extraction"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Manifest:
     opset: int = 17
     decoder: dict[str, Any] = field(default_factory=dict)
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    embedding: dict[str, Any] = field(default_factory=dict)  # pooling, normalized, dimension
     notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class Manifest:
             "opset": self.opset,
             "decoder": dict(self.decoder),
             "generation_defaults": dict(self.generation_defaults),
+            "embedding": dict(self.embedding),
             "notes": self.notes,
         }
 
@@ -112,6 +115,7 @@ class Manifest:
             opset=int(data.get("opset", 17)),
             decoder=dict(data.get("decoder", {})),
             generation_defaults=dict(data.get("generation_defaults", {})),
+            embedding=dict(data.get("embedding", {})),
             notes=data.get("notes", ""),
         )
 
