@@ -2,11 +2,12 @@
 
 Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`: Poisson
 arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of e-commerce
-customer messages and reviews; `generate-stream` sends product-description and reply-draft requests (chat
-messages) and measures time to first token and the gaps between streamed tokens; `route-message` sends the
-workload's messages to the gateway's RouteMessage with `--api-key`; `chat-completions` streams the same requests as
-generate-stream from any OpenAI-compatible server (`--target http://HOST:PORT`, `--api-key` as its Bearer key), so
-that ecomserve and other servers are measured the same way. Calls that start during `--warmup` are not counted.
+customer messages and reviews, `embed` the same texts to an embedding model's Embed; `generate-stream` sends
+product-description and reply-draft requests (chat messages) and measures time to first token and the gaps between
+streamed tokens; `route-message` sends the workload's messages to the gateway's RouteMessage with `--api-key`;
+`chat-completions` streams the same requests as generate-stream from any OpenAI-compatible server (`--target
+http://HOST:PORT`, `--api-key` as its Bearer key), so that ecomserve and other servers are measured the same way.
+Calls that start during `--warmup` are not counted.
 Prints a progress line every second on stderr and the report as JSON on stdout (and to `--json FILE`).
 """
 
@@ -36,7 +37,8 @@ from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
-RPCS = ("classify", "generate-stream", "route-message", "chat-completions")
+RPCS = ("classify", "embed", "generate-stream", "route-message", "chat-completions")
+DEFAULT_MODELS = {"classify": "intent", "route-message": "intent", "embed": "minilm-embed"}
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -139,6 +141,17 @@ def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.
             model=options.model, texts=rng.sample(texts, options.texts_per_request), top_k=options.top_k
         )
         await _timed(tally, lambda: stub.Classify(request, timeout=options.timeout_s))
+
+    return call
+
+
+def _embed_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+    texts = workload()
+
+    async def call() -> None:
+        request = classifier_pb2.EmbedRequest(model=options.model, texts=rng.sample(texts, options.texts_per_request))
+        await _timed(tally, lambda: stub.Embed(request, timeout=options.timeout_s))
 
     return call
 
@@ -258,6 +271,7 @@ def _record_stream(tally: _Tally, begun: float, arrivals: list[float], tokens: i
 
 BUILDERS = {
     "classify": _classify_call,
+    "embed": _embed_call,
     "generate-stream": _generate_stream_call,
     "route-message": _route_message_call,
     "chat-completions": _chat_completions_call,
@@ -372,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         "--ramp-up", type=float, default=0.0, help="closed loop: spread the callers' starts over this many seconds"
     )
     parser.add_argument(
-        "--model", help=f"model to request (default: intent, or {DEFAULT_GENERATOR_MODEL} for generation)"
+        "--model",
+        help=f"model to request (default: intent, minilm-embed for embed, {DEFAULT_GENERATOR_MODEL} for generation)",
     )
-    parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify")
+    parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify or Embed")
     parser.add_argument("--top-k", type=int, default=3, help="labels per text in each answer (0: all)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generate-stream: tokens per request")
     parser.add_argument("--temperature", type=float, default=0.7, help="generate-stream: sampling temperature")
@@ -396,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=args.warmup,
                 ramp_up_s=args.ramp_up,
                 rate=args.rate,
-                model=args.model or ("intent" if args.rpc == "classify" else DEFAULT_GENERATOR_MODEL),
+                model=args.model or DEFAULT_MODELS.get(args.rpc, DEFAULT_GENERATOR_MODEL),
                 texts_per_request=args.texts_per_request,
                 top_k=args.top_k,
                 max_new_tokens=args.max_new_tokens,

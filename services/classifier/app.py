@@ -1,5 +1,5 @@
-"""Assembly of the classifier service: the model-service skeleton with encoder models and their servicer. Used by
-__main__ and by tests."""
+"""Assembly of the classifier service: the model-service skeleton with encoder models (classifiers and
+embedders) and their servicer. Used by __main__ and by tests."""
 
 from __future__ import annotations
 
@@ -9,20 +9,22 @@ import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.classifier.config import ClassifierConfig
-from services.classifier.heads import ClassifierModel
+from services.classifier.heads import ClassifierModel, EmbedderModel
 from services.classifier.servicer import ClassifierServicer
-from services.core.encoder import BatchingOptions
-from services.core.manifest import TASK_CLASSIFICATION
+from services.core.encoder import BatchedEncoder, BatchingOptions
+from services.core.manifest import TASK_CLASSIFICATION, TASK_EMBEDDING
 from services.core.repository import ModelVersion
 from services.core.runner import CUDA, OnnxRunner, RuntimeOptions, choose_providers
 from services.core.service import ModelService
 
 SERVICE = "classifier"
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
+HEADS: dict[str, type[BatchedEncoder]] = {TASK_CLASSIFICATION: ClassifierModel, TASK_EMBEDDING: EmbedderModel}
 
 
-class ClassifierApp(ModelService[ClassifierModel]):
-    """The classifier service: every classification model version, each behind its own dynamic batcher."""
+class ClassifierApp(ModelService[BatchedEncoder]):
+    """The classifier service: every classification and embedding model version, each behind its own dynamic
+    batcher."""
 
     def __init__(self, config: ClassifierConfig) -> None:
         self._tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
@@ -39,15 +41,16 @@ class ClassifierApp(ModelService[ClassifierModel]):
             batch_invariant=config.batch_invariant,
         )
         self._max_texts = config.max_texts_per_request
-        super().__init__(config, service=SERVICE, service_name=SERVICE_NAME, tasks=(TASK_CLASSIFICATION,))
+        super().__init__(config, service=SERVICE, service_name=SERVICE_NAME, tasks=tuple(HEADS))
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = ClassifierServicer(self.registry, self._max_texts)
         classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
 
-    def build(self, version: ModelVersion) -> ClassifierModel:
+    def build(self, version: ModelVersion) -> BatchedEncoder:
         runner = OnnxRunner(version.model_path, self._runtime)
-        return ClassifierModel(SERVICE, version, runner, self._batching, self._tokenize_pool, self.server.fail)
+        head = HEADS[version.manifest.task]
+        return head(SERVICE, version, runner, self._batching, self._tokenize_pool, self.server.fail)
 
     async def close(self) -> None:
         await super().close()

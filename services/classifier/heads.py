@@ -1,4 +1,5 @@
-"""The heads the classifier service puts on a BatchedEncoder's output rows: class probabilities -> top-k labels."""
+"""The heads the classifier service puts on a BatchedEncoder's output rows: class probabilities -> top-k labels
+(ClassifierModel), and sentence vectors (EmbedderModel)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,45 @@ class ClassifierModel(BatchedEncoder):
         return Classification(
             labels=[(labels[i], float(probabilities[i])) for i in order], token_count=length, truncated=truncated
         )
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The vector of one text."""
+
+    vector: np.ndarray
+    token_count: int
+    truncated: bool
+
+
+class EmbedderModel(BatchedEncoder):
+    """An embedding version: its graph's output row is the text's vector (pooled, and normalised when the
+    manifest says so)."""
+
+    @property
+    def dimension(self) -> int:
+        return int(self.version.manifest.outputs[0].shape[-1])
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.version.manifest.embedding.get("normalized"))
+
+    def describe(self) -> str:
+        unit = ", unit length" if self.normalized else ""
+        return f"{self.dimension} dimensions{unit}, {super().describe()}"
+
+    async def embed(
+        self, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None
+    ) -> list[Embedding]:
+        """One vector per text; scaled to unit length when `normalize` asks and the graph has not already."""
+        encoded = await self.encode(texts, truncate, deadline)
+        scale = normalize and not self.normalized
+        return [
+            Embedding(_unit(text.output) if scale else text.output, text.token_count, text.truncated)
+            for text in encoded
+        ]
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector

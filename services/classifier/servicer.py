@@ -1,79 +1,118 @@
-"""ClassifierServicer: thin gRPC translation; validation in ClassifyQuery, work in the models' heads."""
+"""ClassifierServicer: thin gRPC translation; validation in the query types, work in the models' heads."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
-from services.classifier.heads import Classification, ClassifierModel
+from services.classifier.heads import Classification, ClassifierModel, EmbedderModel, Embedding
+from services.core.encoder import BatchedEncoder
 from services.core.errors import InvalidArgument
 from services.core.repository import Registry
 from services.core.server import deadline_of
 from services.core.service import model_listing
+from services.core.texts import check_texts
+
+Head = TypeVar("Head", bound=BatchedEncoder)
+KINDS: dict[type[BatchedEncoder], tuple[str, str]] = {
+    ClassifierModel: ("a classification model", "Classify"),
+    EmbedderModel: ("an embedding model", "Embed"),
+}
 
 
 @dataclass(frozen=True)
-class ClassifyQuery:
+class TextsQuery:
+    """What every request of this service names: a model, its version and the texts."""
+
     model: str
     version: int
     texts: list[str]
-    top_k: int
     truncate: bool
 
     @classmethod
-    def from_pb(cls, request: classifier_pb2.ClassifyRequest, max_texts: int) -> ClassifyQuery:
-        if not request.model:
-            raise InvalidArgument('model is required (e.g. "intent"); ListModels shows what this replica serves')
-        if not request.texts:
-            raise InvalidArgument("texts is empty; send between 1 and max_texts_per_request texts")
-        if len(request.texts) > max_texts:
-            raise InvalidArgument(
-                f"texts has {len(request.texts)} entries; at most max_texts_per_request={max_texts} per request"
-            )
-        for index, text in enumerate(request.texts):
-            if not text.strip():
-                raise InvalidArgument(f"texts[{index}] is empty; every text needs at least one non-space character")
-        if request.top_k < 0:
-            raise InvalidArgument(f"top_k must be >= 0 (0 = all labels), got {request.top_k}")
-        return cls(request.model, request.version, list(request.texts), request.top_k, request.truncate)
+    def checked(cls, model: str, version: int, texts: Sequence[str], truncate: bool, max_texts: int) -> TextsQuery:
+        check_texts(model, texts, max_texts)
+        return cls(model, version, list(texts), truncate)
+
+
+def classify_query(request: classifier_pb2.ClassifyRequest, max_texts: int) -> tuple[TextsQuery, int]:
+    """The request's texts and its top_k."""
+    query = TextsQuery.checked(request.model, request.version, request.texts, request.truncate, max_texts)
+    if request.top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0 (0 = all labels), got {request.top_k}")
+    return query, request.top_k
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
-    def __init__(self, registry: Registry[ClassifierModel], max_texts_per_request: int) -> None:
+    def __init__(self, registry: Registry[BatchedEncoder], max_texts_per_request: int) -> None:
         self._registry = registry
         self._max_texts = max_texts_per_request
 
     async def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        query = ClassifyQuery.from_pb(request, self._max_texts)
-        version, model = self._registry.get(query.model, query.version)
-        results = await model.classify(query.texts, query.top_k, query.truncate, deadline_of(context))
+        query, top_k = classify_query(request, self._max_texts)
+        version, model = self._model(query, ClassifierModel)
+        results = await model.classify(query.texts, top_k, query.truncate, deadline_of(context))
         return classifier_pb2.ClassifyResponse(
-            model=query.model, version=version, results=[_to_pb(result) for result in results]
+            model=query.model, version=version, results=[_classification_pb(result) for result in results]
+        )
+
+    async def Embed(
+        self, request: classifier_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.EmbedResponse:
+        query = TextsQuery.checked(request.model, request.version, request.texts, request.truncate, self._max_texts)
+        version, model = self._model(query, EmbedderModel)
+        vectors = await model.embed(query.texts, query.truncate, request.normalize, deadline_of(context))
+        return classifier_pb2.EmbedResponse(
+            model=query.model,
+            version=version,
+            dimension=model.dimension,
+            embeddings=[_embedding_pb(vector) for vector in vectors],
         )
 
     async def ListModels(
         self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ListModelsResponse:
         return classifier_pb2.ListModelsResponse(
-            models=[
-                classifier_pb2.ModelInfo(
-                    **common,
-                    labels=model.labels,
-                    max_sequence_length=model.max_length,
-                    status=classifier_pb2.MODEL_STATUS_READY,
-                )
-                for common, model in model_listing(self._registry)
-            ]
+            models=[_model_info(common, model) for common, model in model_listing(self._registry)]
         )
 
+    def _model(self, query: TextsQuery, kind: type[Head]) -> tuple[int, Head]:
+        version, model = self._registry.get(query.model, query.version)
+        if not isinstance(model, kind):
+            what, method = KINDS[type(model)]
+            raise InvalidArgument(f"model {query.model!r} is {what}; call {method} with it")
+        return version, model
 
-def _to_pb(result: Classification) -> classifier_pb2.Classification:
+
+def _model_info(common: dict[str, object], model: BatchedEncoder) -> classifier_pb2.ModelInfo:
+    info = classifier_pb2.ModelInfo(
+        **common, max_sequence_length=model.max_length, status=classifier_pb2.MODEL_STATUS_READY
+    )
+    if isinstance(model, EmbedderModel):
+        info.kind = classifier_pb2.MODEL_KIND_EMBEDDING
+        info.dimension = model.dimension
+        info.normalized = model.normalized
+    elif isinstance(model, ClassifierModel):
+        info.kind = classifier_pb2.MODEL_KIND_CLASSIFICATION
+        info.labels.extend(model.labels)
+    return info
+
+
+def _classification_pb(result: Classification) -> classifier_pb2.Classification:
     return classifier_pb2.Classification(
         labels=[classifier_pb2.LabelScore(label=label, score=score) for label, score in result.labels],
         token_count=result.token_count,
         truncated=result.truncated,
+    )
+
+
+def _embedding_pb(embedding: Embedding) -> classifier_pb2.Embedding:
+    return classifier_pb2.Embedding(
+        values=embedding.vector.tolist(), token_count=embedding.token_count, truncated=embedding.truncated
     )

@@ -1,9 +1,10 @@
 """The gateway's JSON-over-HTTP transport: the same operations as gRPC, in the proto JSON mapping.
 
-POST /v1/route-message, /v1/classify-texts, /v1/describe-product take the request message as JSON and answer the
-response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or JSON lines.
+POST /v1/route-message, /v1/classify-texts, /v1/embed-texts, /v1/describe-product take the request message as JSON
+and answer the response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or
+JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
-The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models) share the port: see
+The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) share the port: see
 services.gateway.openai_routes.
 Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
 {"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
@@ -90,6 +91,7 @@ class HttpBridge:
         unary: dict[str, tuple[str, type[Message], Unary]] = {
             "/v1/route-message": ("RouteMessage", gateway_pb2.RouteMessageRequest, operations.route_message),
             "/v1/classify-texts": ("ClassifyTexts", gateway_pb2.ClassifyTextsRequest, operations.classify_texts),
+            "/v1/embed-texts": ("EmbedTexts", gateway_pb2.EmbedTextsRequest, operations.embed_texts),
             "/v1/describe-product": (
                 "DescribeProduct",
                 gateway_pb2.DescribeProductRequest,
@@ -101,7 +103,9 @@ class HttpBridge:
         app.router.add_post(
             "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
         )
-        OpenAIRoutes(interceptor, self._admit_call, generator, limits.body_timeout_s).register(app)
+        OpenAIRoutes(interceptor, self._admit_call, generator, operations.embed_texts, limits.body_timeout_s).register(
+            app
+        )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible API in front of the generator: requests in OpenAI's shapes become GenerateRequests, answers
-and errors go back in OpenAI's shapes, so that the `openai` SDK and the tools built on it work unchanged.
+"""The OpenAI-compatible API in front of the generator and the embedding models: requests in OpenAI's shapes become
+GenerateRequests and EmbedTextsRequests, answers and errors go back in OpenAI's shapes, so that the `openai` SDK and
+the tools built on it work unchanged.
 
 Pure translation, no transport: the gateway's HTTP bridge reads the bodies, admits the callers and calls the
 generator. Fields that cannot be honoured (n > 1, logprobs, tools, penalties, other response formats) are refused
@@ -8,6 +9,7 @@ with 400 naming the field, never silently ignored.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
+from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
@@ -105,6 +109,56 @@ def completion_generation(body: Any) -> Generation:
         raise Unsupported("prompt", "prompt must be a non-empty string (one prompt per request)")
     request = generator_pb2.GenerateRequest(model=_model(fields), prompt=prompt, sampling=_sampling(fields))
     return Generation(request, *_streaming(fields))
+
+
+ENCODINGS = ("float", "base64")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A /v1/embeddings request, translated: what to ask the embedding model, and how to encode the vectors."""
+
+    request: gateway_pb2.EmbedTextsRequest
+    encoding: str
+
+
+def embeddings_request(body: Any) -> Embeddings:
+    """A /v1/embeddings body: `input` is one string or a list of strings (token arrays are refused); vectors come
+    back unit length, as OpenAI's do; an input over the model's length limit is refused, not cut."""
+    fields = _fields(body, {"input", "encoding_format", "dimensions"})
+    texts = fields.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+        raise Unsupported(
+            "input", "input must be a non-empty string or list of strings (token arrays are not supported)"
+        )
+    encoding = fields.get("encoding_format", "float")
+    _refuse_if(encoding not in ENCODINGS, "encoding_format", f"use one of {', '.join(ENCODINGS)}")
+    _refuse_if("dimensions" in fields, "dimensions", "the models' own dimension only (GET /v1/models lists them)")
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise Unsupported("model", "model is required: an embedding model id, e.g. minilm-embed")
+    return Embeddings(gateway_pb2.EmbedTextsRequest(model=model, texts=texts, normalize=True), encoding)
+
+
+def embeddings_answer(response: gateway_pb2.EmbedTextsResponse, encoding: str) -> dict[str, Any]:
+    tokens = sum(embedding.token_count for embedding in response.embeddings)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": _vector(embedding.values, encoding)}
+            for index, embedding in enumerate(response.embeddings)
+        ],
+        "model": response.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _vector(values: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":  # little-endian float32, as OpenAI sends it
+        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+    return list(values)
 
 
 def _fields(body: Any, own: set[str]) -> dict[str, Any]:

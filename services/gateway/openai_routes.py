@@ -1,7 +1,9 @@
-"""OpenAIRoutes: the OpenAI-compatible endpoints on the gateway's HTTP port, over the generator backend.
+"""OpenAIRoutes: the OpenAI-compatible endpoints on the gateway's HTTP port, over the generator backend and the
+gateway's EmbedTexts operation.
 
 POST /v1/chat/completions and /v1/completions (JSON, or server-sent events with `stream`), GET /v1/models and
-/v1/models/{id}; /v1/embeddings answers 404 until an embedding model kind exists. Callers authenticate with
+/v1/models/{id} (the generator models), POST /v1/embeddings (the embedding models the classifier replicas serve,
+through EmbedTexts and so with its limits). Callers authenticate with
 `Authorization: Bearer <API key>` (the gateway's keys and rate limits), calls are counted and drained like every
 other gateway call, and a client that goes away mid-stream stops its generation at once.
 """
@@ -9,11 +11,12 @@ other gateway call, and a client that goes away mid-stream stops its generation 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
+from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
@@ -21,9 +24,10 @@ from services.core.status import StatusInterceptor, status_of
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
-from services.gateway.http_wire import SSE, Respond, counted_answer, error_response, log_unexpected, read_body
+from services.gateway.http_wire import SSE, Respond, counted_answer, log_unexpected, read_body
 
 Translate = Callable[[Any], openai.Generation]
+EmbedTexts = Callable[[gateway_pb2.EmbedTextsRequest, CallContext], Awaitable[gateway_pb2.EmbedTextsResponse]]
 OK = grpc.StatusCode.OK
 
 
@@ -33,11 +37,13 @@ class OpenAIRoutes:
         interceptor: StatusInterceptor,
         admit: Callable[[web.Request], CallContext],
         generator: Backend | None,
+        embed_texts: EmbedTexts,
         body_timeout_s: float,
     ) -> None:
         self._interceptor = interceptor
         self._admit = admit  # refuses while draining, authenticates, applies the rate limit
         self._generator = generator
+        self._embed_texts = embed_texts
         self._body_timeout_s = body_timeout_s
 
     def register(self, app: web.Application) -> None:
@@ -45,7 +51,7 @@ class OpenAIRoutes:
         app.router.add_post("/v1/completions", self._generation("Completions", openai.completion_generation))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._models)
-        app.router.add_post("/v1/embeddings", self._no_embeddings)
+        app.router.add_post("/v1/embeddings", self._embeddings)
 
     def _generation(self, method: str, translate: Translate) -> Any:
         chat = translate is openai.chat_generation
@@ -120,10 +126,15 @@ class OpenAIRoutes:
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
         return await counted_answer(self._interceptor, method, request[REQUEST_ID], respond, openai.error_body)
 
-    async def _no_embeddings(self, request: web.Request) -> web.Response:
-        refusal = errors.NotFound("no embedding model is served here yet: /v1/embeddings is not available")
-        code = grpc.StatusCode.NOT_FOUND
-        return error_response(openai.error_body(refusal, code), refusal, code, request[REQUEST_ID], "Embeddings")
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
+            call = self._admit(request)
+            embeddings = openai.embeddings_request(await self._json(request))
+            result = await self._embed_texts(embeddings.request, call)
+            answer = openai.embeddings_answer(result, embeddings.encoding)
+            return web.json_response(answer, headers={REQUEST_ID: call.request_id}), OK
+
+        return await self._answer(request, "Embeddings", respond)
 
     async def _json(self, request: web.Request) -> Any:
         try:

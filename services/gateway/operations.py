@@ -6,7 +6,7 @@ domain exceptions (services.core.errors), mapped to gRPC or HTTP statuses by eac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace as Namespace  # template variables: attributes, never dict methods (`items`)
 
@@ -15,6 +15,7 @@ from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
+from services.core.texts import check_texts
 from services.gateway.backends import Backend, CallContext
 from services.gateway.coalescing import MessageClassifier
 from services.gateway.routing import RoutingTable
@@ -47,7 +48,8 @@ class OperationLimits:
 
 
 class GatewayOperations:
-    """RouteMessage, ClassifyTexts, DescribeProduct and DraftReply over the classifier and generator backends."""
+    """RouteMessage, ClassifyTexts, EmbedTexts, DescribeProduct and DraftReply over the classifier and generator
+    backends."""
 
     def __init__(
         self,
@@ -97,17 +99,7 @@ class GatewayOperations:
     async def classify_texts(
         self, request: gateway_pb2.ClassifyTextsRequest, call: CallContext
     ) -> gateway_pb2.ClassifyTextsResponse:
-        if not request.model:
-            raise errors.InvalidArgument('model is required, e.g. "intent"')
-        if not request.texts:
-            raise errors.InvalidArgument("texts is empty: send at least one text")
-        if len(request.texts) > self._limits.max_texts_per_request:
-            raise errors.InvalidArgument(
-                f"texts has {len(request.texts)} entries, over max_texts_per_request "
-                f"{self._limits.max_texts_per_request}"
-            )
-        for index, text in enumerate(request.texts):
-            self._require_text(f"texts[{index}]", text)
+        self._check_texts(request.model, request.texts)
         classify = classifier_pb2.ClassifyRequest(
             model=request.model,
             version=request.version,
@@ -126,6 +118,28 @@ class GatewayOperations:
                     truncated=result.truncated,
                 )
                 for result in response.results
+            ],
+        )
+
+    async def embed_texts(
+        self, request: gateway_pb2.EmbedTextsRequest, call: CallContext
+    ) -> gateway_pb2.EmbedTextsResponse:
+        self._check_texts(request.model, request.texts)
+        embed = classifier_pb2.EmbedRequest(
+            model=request.model,
+            version=request.version,
+            texts=request.texts,
+            truncate=request.truncate,
+            normalize=request.normalize,
+        )
+        response = await self._classifier.unary("Embed", embed, call)
+        return gateway_pb2.EmbedTextsResponse(
+            model=response.model,
+            version=response.version,
+            dimension=response.dimension,
+            embeddings=[
+                gateway_pb2.TextEmbedding(values=e.values, token_count=e.token_count, truncated=e.truncated)
+                for e in response.embeddings
             ],
         )
 
@@ -232,6 +246,9 @@ class GatewayOperations:
         if self._generator is None:
             raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
         return self._generator
+
+    def _check_texts(self, model: str, texts: Sequence[str]) -> None:
+        check_texts(model, texts, self._limits.max_texts_per_request, self._limits.max_text_chars)
 
     def _require_text(self, field: str, text: str) -> None:
         if not text.strip():

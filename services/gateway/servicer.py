@@ -28,6 +28,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ClassifyTextsResponse:
         return await self._operations.classify_texts(request, self._admit(context))
 
+    async def EmbedTexts(
+        self, request: gateway_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.EmbedTextsResponse:
+        return await self._operations.embed_texts(request, self._admit(context))
+
     async def DescribeProduct(
         self, request: gateway_pb2.DescribeProductRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.DescribeProductResponse:

@@ -153,7 +153,7 @@ def test_both_key_headers_and_both_key_forms_are_accepted(stack: Stack, gateway_
             "classify-texts",
             {"model": "intent", "texts": ["a"] * 65},
             grpc.StatusCode.INVALID_ARGUMENT,
-            "max_texts_per_request 64",
+            "max_texts_per_request=64",
         ),
         ("ClassifyTexts", "classify-texts", {"model": "nope", "texts": ["a"]}, grpc.StatusCode.NOT_FOUND, "nope"),
         (
@@ -163,6 +163,15 @@ def test_both_key_headers_and_both_key_forms_are_accepted(stack: Stack, gateway_
             grpc.StatusCode.INVALID_ARGUMENT,
             "top_k",
         ),
+        ("EmbedTexts", "embed-texts", {"model": "intent"}, grpc.StatusCode.INVALID_ARGUMENT, "texts is empty"),
+        (
+            "EmbedTexts",
+            "embed-texts",
+            {"model": "intent", "texts": ["a"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "is a classification model; call Classify",
+        ),
+        ("EmbedTexts", "embed-texts", {"model": "e", "texts": ["x" * 4001]}, grpc.StatusCode.INVALID_ARGUMENT, "4000"),
         ("DescribeProduct", "describe-product", {"title": ""}, grpc.StatusCode.INVALID_ARGUMENT, "title"),
         (
             "DescribeProduct",

@@ -215,21 +215,21 @@ async def test_deadline_passed_in_queue_is_deadline_exceeded(classifier) -> None
             await stub.Classify(pb.ClassifyRequest(model="intent", texts=["late"]), timeout=0.1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.sleep(0.05)
-        assert queue_depths(app) == [0, 0, 0]
+        assert sum(queue_depths(app).values()) == 0
 
 
-def queue_depths(app: ClassifierApp) -> list[int]:
-    return [model.batcher.depth for _, _, model, _ in app.registry]
+def queue_depths(app: ClassifierApp) -> dict[str, int]:
+    return {f"{name}/{version}": model.batcher.depth for name, version, model, _ in app.registry}
 
 
 async def test_cancelled_call_leaves_the_server_healthy_and_its_queue_empty(classifier) -> None:
     async with classifier(max_batch_size=64, max_queue_delay_ms=300) as app, stub_for(app) as stub:
         call = stub.Classify(pb.ClassifyRequest(model="intent", texts=["a", "b", "c"]))
         await asyncio.sleep(0.1)
-        assert queue_depths(app) == [0, 3, 0]
+        assert queue_depths(app)["intent/2"] == sum(queue_depths(app).values()) == 3
         call.cancel()
         await asyncio.sleep(0.1)
-        assert queue_depths(app) == [0, 0, 0]
+        assert sum(queue_depths(app).values()) == 0
         assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=["after"]))).results
 
 
@@ -262,8 +262,11 @@ async def test_list_models_describes_every_version(classifier) -> None:
     async with classifier() as app, stub_for(app) as stub:
         listed = await stub.ListModels(pb.ListModelsRequest())
     found = {(m.name, m.version): m for m in listed.models}
-    assert set(found) == {("intent", 1), ("intent", 2), ("sentiment", 1)}
+    assert set(found) == {("intent", 1), ("intent", 2), ("sentiment", 1), ("embed", 1)}
     assert found[("intent", 2)].is_default and not found[("intent", 1)].is_default
+    assert found[("intent", 2)].kind == pb.MODEL_KIND_CLASSIFICATION
+    assert (found[("embed", 1)].kind, found[("embed", 1)].dimension) == (pb.MODEL_KIND_EMBEDDING, 32)
+    assert found[("embed", 1)].normalized and not found[("embed", 1)].labels
     assert found[("intent", 2)].quantization == "int8-dynamic-per-channel"
     assert list(found[("sentiment", 1)].labels) == ["negative", "neutral", "positive"]
     assert found[("sentiment", 1)].max_sequence_length == 64

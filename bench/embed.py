@@ -1,0 +1,73 @@
+"""Embedding benchmark (JSON): the served `minilm-embed` model's Embed against the in-process limit of the same
+graph, in one run.
+
+(a) in-process onnxruntime at every batch size over the workload texts (bench.export_limits),
+(b) the classifier service's Embed at concurrency 1 and 32 (single-text requests, closed loop).
+The highest version is measured, as served by default. A batch-invariant service runs a dynamically quantized
+model (the default v2) one text per run, so its reference is (a) at batch 1; an fp32 model batches, and its
+reference is (a) at its best batch.
+Target: (b)@32 >= 0.90 x the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.export_limits import classifier_limits
+from bench.load import LoadOptions, run_load
+from bench.targets import benchmark_main, check
+from services.core.manifest import Manifest, version_folders
+from services.dev.launcher import service
+
+CONCURRENCIES = (1, 32)
+
+
+def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
+    versions = version_folders(models, name)
+    if not versions:
+        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    version = max(versions)
+    folder = versions[version]
+    manifest = Manifest.read(folder)
+    print(f"[bench] (a) in-process limit of {name} v{version}", file=sys.stderr, flush=True)
+    limit = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
+
+    def load(address: str, concurrency: int) -> dict[str, Any]:
+        print(f"[bench] (b) Embed at concurrency {concurrency}", file=sys.stderr, flush=True)
+        options = LoadOptions(
+            target=address, rpc="embed", model=name, concurrency=concurrency, duration_s=seconds, warmup_s=2.0
+        )
+        return asyncio.run(run_load(options))
+
+    with service("services.classifier", *flags) as address:
+        served = {str(c): load(address, c) for c in CONCURRENCIES}
+    one_text_per_run = manifest.quantizes_activations_per_run
+    reference = limit["batches"]["1"]["sequences_per_s"] if one_text_per_run else limit["best_sequences_per_s"]
+    return {
+        "model": f"{name}/{version}",
+        "quantization": manifest.quantization.get("method", "none"),
+        "reference": "in-process at batch 1 (one text per run)" if one_text_per_run else "in-process at its best batch",
+        "limit_in_process": limit,
+        "served": served,
+        "targets": {"c32_vs_reference": check(served["32"]["throughput_rps"] / reference, ">=", 0.90)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(
+        run,
+        argv,
+        prog="python -m bench.embed",
+        description=__doc__.split("\n\n")[0],
+        name="minilm-embed",
+        name_help="embedding model to benchmark",
+        seconds=10.0,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
