@@ -14,7 +14,8 @@ from services.core.runner import OnnxRunner, RuntimeOptions
 from services.core.service import ModelService
 from services.generator.config import GeneratorConfig
 from services.generator.model import GeneratorModel
-from services.generator.scheduler import SERVICE, SchedulerBudgets
+from services.generator.observer import SERVICE
+from services.generator.policy import SchedulerBudgets
 from services.generator.servicer import GenerationLimits, GeneratorServicer
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name

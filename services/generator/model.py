@@ -18,8 +18,9 @@ from services.core.runner import OnnxRunner
 from services.generator.batch import DecodeBatch
 from services.generator.chat import ChatTemplate
 from services.generator.decoder import DecoderRunner
+from services.generator.policy import SchedulerBudgets
 from services.generator.sampling import SamplingParams
-from services.generator.scheduler import ContinuousScheduler, SchedulerBudgets
+from services.generator.scheduler import ContinuousScheduler
 from services.generator.sequence import Sequence, TextDelta
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Sequence: the state of one generation request from its prompt to its finish reason.
 
 The scheduler's worker thread advances it one token at a time (sampling, detokenizing, finish checks); the event
-loop hands its text deltas to the caller through `events`. The two never touch it at the same time: the loop
-publishes only between steps.
+loop hands its text deltas to the caller through `events` and ends it early (cancelled, deadline, failed). The two
+never touch it at the same time: the loop does both only between steps.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ class FinishReason(enum.Enum):
     LENGTH = "length"
     STOP_SEQUENCE = "stop_sequence"
     END_OF_TEXT = "end_of_text"
+
+
+class Outcome(enum.Enum):
+    """How a sequence ended without finishing (its value is the finish_reason label of the metrics)."""
+
+    CANCELLED = "cancelled"  # the caller went away
+    DEADLINE = "deadline"  # the deadline passed before it started
+    FAILED = "error"  # the step that ran it failed
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class Sequence:
         self.generated = 0
         self.last_token = prompt_ids[-1]
         self.finish: FinishReason | None = None
-        self.cancelled = False
+        self.ended: Outcome | None = None
         self.events: asyncio.Queue[TextDelta | BaseException] = asyncio.Queue()
         self._sampler = Sampler(params, prompt_ids, vocab_size)
         self._text = IncrementalDetokenizer(tokenizer, params.stop)
@@ -68,7 +76,11 @@ class Sequence:
 
     @property
     def active(self) -> bool:
-        return self.finish is None and not self.cancelled
+        return self.finish is None and self.ended is None
+
+    def end(self, outcome: Outcome) -> None:
+        """End without finishing; the caller gets no more deltas."""
+        self.ended = outcome
 
     @property
     def reserved_tokens(self) -> int:

@@ -1,0 +1,51 @@
+"""SchedulerMetrics: what the generator's scheduler reports to Prometheus, recorded on the event loop from the
+policy's state and the executor's step results."""
+
+from __future__ import annotations
+
+from services.core import metrics
+from services.generator.executor import StepResult
+from services.generator.policy import SchedulingPolicy
+from services.generator.sequence import Outcome, Sequence
+
+SERVICE = "generator"
+
+
+class SchedulerMetrics:
+    def __init__(self, policy: SchedulingPolicy, model_label: str) -> None:
+        self._labels = (SERVICE, model_label)
+        self._max_running = policy.budgets.max_running_sequences
+        labels = self._labels
+        metrics.RUNNING_SEQUENCES.labels(*labels).set_function(lambda: sum(1 for s in policy.running if s.active))
+        metrics.WAITING_SEQUENCES.labels(*labels).set_function(lambda: len(policy.waiting))
+        metrics.QUEUE_DEPTH.labels(*labels).set_function(lambda: policy.queue_depth)
+        metrics.QUEUE_CAPACITY.labels(*labels).set(policy.budgets.max_waiting_requests)
+
+    def step(self, result: StepResult) -> None:
+        labels = self._labels
+        if not result.rows:
+            return
+        metrics.STEP_DURATION.labels(*labels, result.phase).observe(result.duration_s)
+        metrics.GENERATED_TOKENS.labels(*labels).inc(result.rows)
+        if result.phase == "prefill":
+            metrics.PROMPT_TOKENS.labels(*labels).inc(result.prompt_tokens)
+        else:
+            metrics.BATCH_SIZE.labels(*labels).observe(result.rows)
+            metrics.BATCH_OCCUPANCY.labels(*labels).observe(result.rows / self._max_running)
+
+    def first_token(self, sequence: Sequence) -> None:
+        if (ttft := sequence.time_to_first_token_s()) is not None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(*self._labels).observe(ttft)
+
+    def finished(self, sequence: Sequence) -> None:
+        assert sequence.finish is not None
+        metrics.FINISHED_SEQUENCES.labels(*self._labels, sequence.finish.value).inc()
+        if (per_token := sequence.time_per_output_token_s()) is not None:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(*self._labels).observe(per_token)
+
+    def ended(self, sequences: list[Sequence], outcome: Outcome) -> None:
+        if sequences:
+            metrics.FINISHED_SEQUENCES.labels(*self._labels, outcome.value).inc(len(sequences))
+
+    def stopped_step(self) -> None:
+        metrics.STOPPED_STEPS.labels(*self._labels).inc()
