@@ -7,8 +7,6 @@ of a foreground run also get SIGTERM from the kernel if their parent dies withou
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -53,28 +51,29 @@ def wait_serving(
     raise RuntimeError(f"{name} was not SERVING on {address} after {timeout_s:.0f} s")
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): the kernel sends SIGTERM when the parent exits, even on SIGKILL."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# A foreground child asks the kernel (Linux prctl PR_SET_PDEATHSIG, kept across exec) for SIGTERM when its parent
+# exits, even on SIGKILL, then becomes the service. It does so itself, first thing: setting it from the parent
+# between fork and exec (preexec_fn) makes Python fork() with gRPC's fork handlers, which can hang the parent in a
+# process that uses gRPC (seen in the test suite); without preexec_fn, Python starts children with vfork.
+_DIE_WITH_PARENT = """
+import ctypes, ctypes.util, os, signal, sys
+ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent is already gone
+os.execv(sys.executable, [sys.executable, "-m", *sys.argv[2:]])
+"""
 
 
 def spawn(module: str, *args: str, detached: bool = False, log: Path | None = None) -> subprocess.Popen[bytes]:
     """`python -m <module> <args>` in its own process group. A foreground child dies with this process; a
     detached one (`make up`) outlives it. Output goes to `log` when given, else to this terminal."""
+    if detached or not sys.platform.startswith("linux"):
+        command = [sys.executable, "-m", module, *args]
+    else:
+        command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), module, *args]
     sink = log.open("ab") if log else None
     try:
-        return subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            start_new_session=True,
-            stdout=sink,
-            stderr=sink,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=None if detached or not sys.platform.startswith("linux") else _die_with_parent,
-        )
+        return subprocess.Popen(command, start_new_session=True, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL)
     finally:
         if sink:
             sink.close()
