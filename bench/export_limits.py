@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from bench.load import workload
+from export.samples import customer_messages
 from services.core.manifest import TASK_CLASSIFICATION, TASK_GENERATION, Manifest, version_folders
 
 BATCH_SIZES = (1, 8, 32)
@@ -39,7 +39,7 @@ def classifier_limits(folder: Path, manifest: Manifest, seconds: float, threads:
     tokenizer.enable_truncation(manifest.max_sequence_length)
     tokenizer.enable_padding(pad_id=int(manifest.special_tokens.get("pad_token_id") or 0))
     names = [spec.name for spec in manifest.inputs]
-    texts = workload()
+    texts = customer_messages()
 
     def window(batch: int, seconds: float) -> tuple[float, float, list[float]]:
         """Run batches for `seconds`: (sequences/s, tokens/s, batch latencies)."""

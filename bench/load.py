@@ -35,6 +35,7 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
+from export.samples import customer_messages
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
 RPCS = ("classify", "embed", "generate-stream", "route-message", "chat-completions")
@@ -43,7 +44,7 @@ DEFAULT_MODELS = {"classify": "intent", "route-message": "intent", "embed": "min
 MAX_OUTSTANDING = 10_000
 
 
-def workload(name: str = "messages.txt") -> list[str]:
+def workload(name: str) -> list[str]:
     text = resources.files("bench").joinpath("workload", name).read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -134,7 +135,7 @@ def _connect(options: LoadOptions) -> Any:
 
 def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
     stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-    texts = workload()
+    texts = customer_messages()
 
     async def call() -> None:
         request = classifier_pb2.ClassifyRequest(
@@ -147,7 +148,7 @@ def _classify_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.
 
 def _embed_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
     stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-    texts = workload()
+    texts = customer_messages()
 
     async def call() -> None:
         request = classifier_pb2.EmbedRequest(model=options.model, texts=rng.sample(texts, options.texts_per_request))
@@ -169,7 +170,7 @@ async def _timed(tally: _Tally, start: Callable[[], Awaitable[Any]]) -> None:
 def _route_message_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
     """The gateway's RouteMessage: one workload message per call, with the API key."""
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    texts = workload()
+    texts = customer_messages()
     metadata = (("x-api-key", options.api_key),) if options.api_key else ()
 
     async def call() -> None:

@@ -1,4 +1,7 @@
-"""Texts the parity and agreement checks run: e-commerce messages of clearly different lengths."""
+"""Texts the parity and agreement checks run: e-commerce messages of clearly different lengths, and the bundled
+corpus of 230 customer messages and reviews (export/data/messages.txt; the benchmarks' classifier workload too)."""
+
+from importlib import resources
 
 CLASSIFIER_TEXTS = [
     "Where is my order?",
@@ -25,9 +28,12 @@ GENERATOR_PROMPTS = [
 ]
 
 
-def agreement_texts() -> list[str]:
-    """The parity texts plus the bundled e-commerce workload (230 messages): enough to measure top-1 agreement."""
-    from importlib import resources
+def customer_messages() -> list[str]:
+    """The bundled corpus: e-commerce customer messages and reviews, one per line."""
+    text = resources.files("export").joinpath("data", "messages.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
-    workload = resources.files("bench").joinpath("workload", "messages.txt").read_text()
-    return CLASSIFIER_TEXTS + [line.strip() for line in workload.splitlines() if line.strip()]
+
+def agreement_texts() -> list[str]:
+    """The parity texts plus the bundled corpus: enough to measure top-1 agreement or cosine similarity."""
+    return CLASSIFIER_TEXTS + customer_messages()

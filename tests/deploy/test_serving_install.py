@@ -36,6 +36,8 @@ def run_python(venv: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[
 def test_the_serving_install_has_no_torch_and_its_own_generated_code(serving_venv: Path, tmp_path: Path) -> None:
     assert run_python(serving_venv, "import torch", tmp_path).returncode != 0
     assert run_python(serving_venv, "import grpc_tools", tmp_path).returncode != 0  # build-time only
+    for developer_only in ("export", "bench", "services.dev"):  # they run from the source tree
+        assert run_python(serving_venv, f"import {developer_only}", tmp_path).returncode != 0, developer_only
     where = run_python(
         serving_venv,
         "import services, ecomserve.gateway.v1.gateway_pb2 as pb, services.gateway.templates as t, pathlib;"
