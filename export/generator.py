@@ -150,110 +150,30 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
         )
         inputs = [folder / job.gguf_file] if job.gguf_file else [folder]
         digest = sources.inputs_digest(inputs, extra)
-        if previous := earlier_export(job.out, job.name, job.version, digest):
-            return previous
+    if previous := earlier_export(job.out, job.name, job.version, digest):
+        return previous
     version = choose_version(job.out, job.name, job.version, job.force)
 
     model, tokenizer = load_causal_lm(job.model, job.gguf_file)
     layers, pad_id, eos_ids = _describe(model, tokenizer)
     module = _DecoderWithCache(model, layers).eval()
-    input_names = ["input_ids", "attention_mask", "position_ids"]
-    past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-    present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-
+    graph = _GraphNames(layers)
     with staging_folder(job.out, job.name, version) as stage:
         fp32_path = stage / "model.fp32.onnx"
-        with step("exporting to ONNX with KV cache"), torch.no_grad(), _traced_attention(model):
-            args = _tracing_inputs(model, layers)
-            axes: dict[str, dict[int, str]] = {
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "total_sequence"},
-                "position_ids": {0: "batch", 1: "sequence"},
-                "logits": {0: "batch"},
-            }
-            axes.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
-            axes.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
-            torch.onnx.export(
-                module,
-                args,
-                str(fp32_path),
-                input_names=input_names + past_names,
-                output_names=["logits", *present_names],
-                dynamic_axes=axes,
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        kv_shape = _trace(module, model, graph, fp32_path)
         fp32 = _OnnxDecoder(fp32_path, layers)
-        with step("parity check: prefill and two cached decode steps vs PyTorch"):
-            logits_diff = _logits_parity(module, fp32, tokenizer, layers)
-        say(f"[export] logits max abs diff vs PyTorch: {logits_diff:.2e} (limit {FP32_LOGITS_TOLERANCE:.0e})")
-        if not logits_diff <= FP32_LOGITS_TOLERANCE:
-            raise ExportError(
-                f"parity check failed: ONNX logits differ from PyTorch by {logits_diff:.2e} "
-                f"(limit {FP32_LOGITS_TOLERANCE:.0e})"
-            )
-        with step(f"parity check: greedy {GREEDY_TOKENS} tokens on a left-padded batch vs PyTorch generate"):
-            prompts = sample_prompts(tokenizer)
-            expected = [_torch_greedy(model, ids, pad_id, eos_ids) for ids in prompts]
-            fp32_tokens = fp32.greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
-        if fp32_tokens != expected:
-            raise ExportError(
-                "parity check failed: greedy decoding through onnxruntime on a left-padded batch differs from "
-                f"PyTorch generate on each prompt alone (onnx {fp32_tokens}, torch {expected})"
-            )
-        parity: dict[str, Any] = {
-            "reference": "pytorch",
-            "logits_max_abs_diff": logits_diff,
-            "logits_tolerance": FP32_LOGITS_TOLERANCE,
-            "logits_checked": "prefill (left-padded batch, last position) + 2 cached decode steps",
-            "greedy_tokens": GREEDY_TOKENS,
-            "greedy_prompts": len(prompts),
-            "greedy_identical_to_generate": True,
-            "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in fp32_tokens],
-        }
-        quantization: dict[str, Any] = {"method": "none"}
+        parity, greedy = _parity(module, fp32, model, tokenizer, pad_id, eos_ids)
         model_path = stage / MODEL_FILE
-        if job.quantize:
-            method = QUANTIZERS[job.quantize](fp32_path, model_path)
-            with step("greedy-token agreement of the quantized model with fp32"):
-                quantized_tokens = _OnnxDecoder(model_path, layers).greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
-            quantization = {
-                "method": method,
-                **_token_agreement(quantized_tokens, fp32_tokens),
-                "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in quantized_tokens],
-            }
-            say(f"[export] {job.quantize} greedy-token agreement with fp32: {quantization['token_agreement']:.3f}")
-            fp32_path.unlink()
-        else:
-            fp32_path.rename(model_path)
-
-        chat_template = getattr(tokenizer, "chat_template", None)
-        if isinstance(chat_template, str) and chat_template:
-            (stage / CHAT_TEMPLATE_FILE).write_text(chat_template)
-        backend = tokenizer.backend_tokenizer
-        backend.no_padding()
-        backend.no_truncation()
-        backend.save(str(stage / TOKENIZER_FILE))
-        kv_shape = list(args[3].shape)
+        quantization = _publish(job.quantize, fp32_path, model_path, greedy, tokenizer)
+        has_chat_template = _save_tokenizer(tokenizer, stage)
         manifest = Manifest(
             task=TASK_GENERATION,
             name=job.name,
             version=version,
             sha256=sha256_of(model_path),
             max_sequence_length=_max_positions(model.config),
-            inputs=[
-                TensorSpec("input_ids", "int64", ["batch", "sequence"]),
-                TensorSpec("attention_mask", "int64", ["batch", "total_sequence"]),
-                TensorSpec("position_ids", "int64", ["batch", "sequence"]),
-                *(TensorSpec(n, "float32", ["batch", kv_shape[1], "past_sequence", kv_shape[3]]) for n in past_names),
-            ],
-            outputs=[
-                TensorSpec("logits", "float32", ["batch", 1, int(model.config.vocab_size)]),
-                *(
-                    TensorSpec(n, "float32", ["batch", kv_shape[1], "total_sequence", kv_shape[3]])
-                    for n in present_names
-                ),
-            ],
+            inputs=graph.inputs(kv_shape),
+            outputs=graph.outputs(kv_shape, int(model.config.vocab_size)),
             padding_side="left",
             special_tokens={
                 "bos_token_id": tokenizer.bos_token_id,
@@ -261,7 +181,7 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
                 "pad_token_id": pad_id,
                 "bos_token": tokenizer.bos_token,
                 "eos_token": tokenizer.eos_token,
-                "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
+                "chat_template": CHAT_TEMPLATE_FILE if has_chat_template else None,
             },
             quantization=quantization,
             parity=parity,
@@ -274,20 +194,160 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
             },
             tool_versions=tool_versions(),
             opset=OPSET,
-            decoder={
-                "num_layers": layers,
-                "num_kv_heads": kv_shape[1],
-                "head_dim": kv_shape[3],
-                "past_inputs": past_names,
-                "present_outputs": present_names,
-                "kv_dtype": "float32",
-                "position_ids": "cumsum(attention_mask) - 1",
-            },
+            decoder=graph.description(kv_shape),
         )
         manifest.write(stage)
     target = job.out / job.name / str(version)
     say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {layers} layers)")
     return manifest, target
+
+
+class _GraphNames:
+    """The decoder graph's inputs and outputs: ids, mask, positions and one key and one value cache per layer."""
+
+    INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+    def __init__(self, layers: int) -> None:
+        self.layers = layers
+        self.past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        self.present = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "total_sequence"},
+            "position_ids": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"},
+        }
+        axes.update({n: {0: "batch", 2: "past_sequence"} for n in self.past})
+        axes.update({n: {0: "batch", 2: "total_sequence"} for n in self.present})
+        return axes
+
+    def inputs(self, kv_shape: list[int]) -> list[TensorSpec]:
+        return [
+            TensorSpec("input_ids", "int64", ["batch", "sequence"]),
+            TensorSpec("attention_mask", "int64", ["batch", "total_sequence"]),
+            TensorSpec("position_ids", "int64", ["batch", "sequence"]),
+            *(TensorSpec(n, "float32", ["batch", kv_shape[1], "past_sequence", kv_shape[3]]) for n in self.past),
+        ]
+
+    def outputs(self, kv_shape: list[int], vocab_size: int) -> list[TensorSpec]:
+        return [
+            TensorSpec("logits", "float32", ["batch", 1, vocab_size]),
+            *(TensorSpec(n, "float32", ["batch", kv_shape[1], "total_sequence", kv_shape[3]]) for n in self.present),
+        ]
+
+    def description(self, kv_shape: list[int]) -> dict[str, Any]:
+        """The manifest's `decoder` entry: what the generator service needs to feed the cache."""
+        return {
+            "num_layers": self.layers,
+            "num_kv_heads": kv_shape[1],
+            "head_dim": kv_shape[3],
+            "past_inputs": self.past,
+            "present_outputs": self.present,
+            "kv_dtype": "float32",
+            "position_ids": "cumsum(attention_mask) - 1",
+        }
+
+
+def _trace(module: torch.nn.Module, model: Any, graph: _GraphNames, path: Path) -> list[int]:
+    """torch.onnx.export of the decoder with its cache; returns the shape of one layer's tracing cache."""
+    with step("exporting to ONNX with KV cache"), torch.no_grad(), _traced_attention(model):
+        args = _tracing_inputs(model, graph.layers)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=[*graph.INPUTS, *graph.past],
+            output_names=["logits", *graph.present],
+            dynamic_axes=graph.dynamic_axes(),
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return list(args[3].shape)
+
+
+@dataclass(frozen=True)
+class _GreedyReference:
+    """The parity check's greedy decoding: its prompts, special ids, and the fp32 graph's tokens."""
+
+    layers: int
+    prompts: list[list[int]]
+    pad_id: int
+    eos_ids: list[int]
+    fp32_tokens: list[list[int]]
+
+    def tokens_of(self, path: Path) -> list[list[int]]:
+        """Greedy tokens of another graph of the same model on the same prompts."""
+        return _OnnxDecoder(path, self.layers).greedy(self.prompts, self.pad_id, self.eos_ids, GREEDY_TOKENS)
+
+
+def _parity(
+    module: _DecoderWithCache, fp32: _OnnxDecoder, model: Any, tokenizer: Any, pad_id: int, eos_ids: list[int]
+) -> tuple[dict[str, Any], _GreedyReference]:
+    """Logits of a prefill and two cached decode steps, then greedy tokens on a left-padded batch, against
+    PyTorch; raises when either differs. Returns the parity entry and the greedy reference."""
+    with step("parity check: prefill and two cached decode steps vs PyTorch"):
+        logits_diff = _logits_parity(module, fp32, tokenizer, module.num_layers)
+    say(f"[export] logits max abs diff vs PyTorch: {logits_diff:.2e} (limit {FP32_LOGITS_TOLERANCE:.0e})")
+    if not logits_diff <= FP32_LOGITS_TOLERANCE:
+        raise ExportError(
+            f"parity check failed: ONNX logits differ from PyTorch by {logits_diff:.2e} "
+            f"(limit {FP32_LOGITS_TOLERANCE:.0e})"
+        )
+    with step(f"parity check: greedy {GREEDY_TOKENS} tokens on a left-padded batch vs PyTorch generate"):
+        prompts = sample_prompts(tokenizer)
+        expected = [_torch_greedy(model, ids, pad_id, eos_ids) for ids in prompts]
+        fp32_tokens = fp32.greedy(prompts, pad_id, eos_ids, GREEDY_TOKENS)
+    if fp32_tokens != expected:
+        raise ExportError(
+            "parity check failed: greedy decoding through onnxruntime on a left-padded batch differs from "
+            f"PyTorch generate on each prompt alone (onnx {fp32_tokens}, torch {expected})"
+        )
+    parity = {
+        "reference": "pytorch",
+        "logits_max_abs_diff": logits_diff,
+        "logits_tolerance": FP32_LOGITS_TOLERANCE,
+        "logits_checked": "prefill (left-padded batch, last position) + 2 cached decode steps",
+        "greedy_tokens": GREEDY_TOKENS,
+        "greedy_prompts": len(prompts),
+        "greedy_identical_to_generate": True,
+        "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in fp32_tokens],
+    }
+    return parity, _GreedyReference(module.num_layers, prompts, pad_id, eos_ids, fp32_tokens)
+
+
+def _publish(
+    method: str | None, fp32_path: Path, model_path: Path, greedy: _GreedyReference, tokenizer: Any
+) -> dict[str, Any]:
+    """Write the served graph to model_path: the fp32 one, or its quantization, whose greedy tokens on the parity
+    prompts are compared with fp32's. Returns the manifest's quantization entry."""
+    if not method:
+        fp32_path.rename(model_path)
+        return {"method": "none"}
+    done = QUANTIZERS[method](fp32_path, model_path)
+    with step("greedy-token agreement of the quantized model with fp32"):
+        quantized_tokens = greedy.tokens_of(model_path)
+    quantization = {
+        "method": done,
+        **_token_agreement(quantized_tokens, greedy.fp32_tokens),
+        "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in quantized_tokens],
+    }
+    say(f"[export] {method} greedy-token agreement with fp32: {quantization['token_agreement']:.3f}")
+    fp32_path.unlink()
+    return quantization
+
+
+def _save_tokenizer(tokenizer: Any, stage: Path) -> bool:
+    """tokenizer.json without fixed padding or truncation, and the chat template when there is one (True)."""
+    chat_template = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat_template, str) and chat_template:
+        (stage / CHAT_TEMPLATE_FILE).write_text(chat_template)
+    backend = tokenizer.backend_tokenizer
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(stage / TOKENIZER_FILE))
+    return bool(chat_template)
 
 
 def load_causal_lm(model_id: str, gguf_file: str | None) -> tuple[Any, Any]:
