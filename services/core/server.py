@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
 from services.core import metrics, wire
+from services.core.inflight import InflightCalls
 from services.core.listener import serve_metrics
 from services.core.status import StatusInterceptor
 
@@ -61,7 +62,7 @@ class ServingServer:
         self._ready = ready
         self._credentials = credentials
         self._serving = False
-        self.interceptor = StatusInterceptor(service)
+        self.calls = InflightCalls(service)
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
@@ -75,7 +76,7 @@ class ServingServer:
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
             ]
-        self.server = grpc.aio.server(interceptors=[self.interceptor], options=options)
+        self.server = grpc.aio.server(interceptors=[StatusInterceptor(self.calls)], options=options)
         register(self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -125,23 +126,23 @@ class ServingServer:
         """NOT_SERVING at once (load balancers stop sending), refuse new RPCs with UNAVAILABLE, let every RPC
         already received finish, and stop the transport once callers have stopped arriving (or grace_s passed)."""
         await self.set_serving(False)
-        self.interceptor.draining = True
+        self.calls.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         # Stopping the server cancels (CANCELLED, not retryable) the calls its transport received but not yet
         # handed to a handler: while callers still arrive, some always are, so the server keeps answering
         # UNAVAILABLE until QUIET_PERIOD_S passed without a new call.
         while loop.time() < deadline:
-            if not await self.interceptor.wait_idle(deadline - loop.time()):
+            if not await self.calls.wait_idle(deadline - loop.time()):
                 break
-            quiet_s = time.perf_counter() - self.interceptor.last_call_at
-            if quiet_s >= QUIET_PERIOD_S and self.interceptor.inflight == 0:
+            quiet_s = time.perf_counter() - self.calls.last_call_at
+            if quiet_s >= QUIET_PERIOD_S and self.calls.count == 0:
                 break
             await asyncio.sleep(min(QUIET_PERIOD_S - quiet_s, max(0.0, deadline - loop.time())))
-        if self.interceptor.inflight:
+        if self.calls.count:
             log.warning(
                 "%d RPCs still running after the %.1f s grace period; cancelling them",
-                self.interceptor.inflight,
+                self.calls.count,
                 grace_s,
             )
         await self.server.stop(0.5)

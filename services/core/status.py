@@ -1,14 +1,13 @@
 """The one table from domain exceptions to gRPC status codes, applied by the one server interceptor.
 
-The interceptor also keeps the per-RPC metrics (requests_total by code, request duration, inflight), so that
-servicers hold no try/except and no metric code.
+The interceptor also counts every call in the service's InflightCalls (requests_total by code, request duration,
+in flight, drained), so that servicers hold no try/except and no metric code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +17,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.core import errors, metrics, wire
+from services.core import errors, wire
+from services.core.inflight import InflightCalls
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +41,12 @@ def status_of(error: BaseException) -> grpc.StatusCode:
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Maps raised domain errors to statuses (INTERNAL + logged traceback for anything else) and records
-    request metrics, for the project's own RPCs (health and reflection pass through untouched)."""
+    """Maps raised domain errors to statuses (INTERNAL + logged traceback for anything else) and counts every call
+    in `calls` (refused while draining), for the project's own RPCs (health and reflection pass through)."""
 
-    def __init__(self, service: str) -> None:
-        self._service = service
-        self.inflight = 0
-        self.last_call_at = 0.0  # time.perf_counter() of the latest call's start
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+    def __init__(self, calls: InflightCalls) -> None:
+        self._calls = calls
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no project RPC is in flight; False when timeout_s passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
 
     async def intercept_service(
         self,
@@ -94,10 +81,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = self.begin()
+            started = self._calls.begin()
             code = grpc.StatusCode.OK
             try:
-                self.refuse_new_calls()
+                self._calls.refuse_new_calls()
                 _refuse_undecodable(request)
                 _echo_previous_attempts(context)
                 return await behavior(request, context)
@@ -105,16 +92,16 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self.end(method, code, started)
+                self._calls.end(method, code, started)
 
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = self.begin()
+            started = self._calls.begin()
             code = grpc.StatusCode.OK
             try:
-                self.refuse_new_calls()
+                self._calls.refuse_new_calls()
                 _refuse_undecodable(request)
                 _echo_previous_attempts(context)
                 async for response in behavior(request, context):
@@ -123,30 +110,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self.end(method, code, started)
+                self._calls.end(method, code, started)
 
         return stream
-
-    def refuse_new_calls(self) -> None:
-        if self.draining:
-            raise errors.Unavailable(f"{self._service} is shutting down; retry on another replica")
-
-    def begin(self) -> float:
-        """Count a call in flight (draining waits for it); another transport of the service (the gateway's HTTP
-        bridge) calls begin/end around its requests, and refuse_new_calls before its work."""
-        metrics.INFLIGHT.labels(self._service).inc()
-        self.inflight += 1
-        self._idle.clear()
-        self.last_call_at = time.perf_counter()
-        return self.last_call_at
-
-    def end(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        metrics.INFLIGHT.labels(self._service).dec()
-        self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
-        metrics.REQUESTS.labels(self._service, method, code.name).inc()
-        metrics.REQUEST_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
 
 
 class UndecodableRequest:

@@ -103,7 +103,7 @@ class GatewayApp:
             self.http = HttpBridge(
                 operations,
                 admission,
-                self.server.interceptor,
+                self.server.calls,
                 lambda: {backend.name: backend.ready for backend in self.backends},
                 generator=generator,
                 limits=HttpLimits(

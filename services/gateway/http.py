@@ -27,8 +27,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.core import errors
+from services.core.inflight import InflightCalls
 from services.core.listener import HttpListener
-from services.core.status import INTERNAL_MESSAGE, StatusInterceptor, status_of
+from services.core.status import INTERNAL_MESSAGE, status_of
 from services.core.wire import REQUEST_ID
 from services.gateway.admission import Admission, checked_request_id
 from services.gateway.backends import Backend, CallContext
@@ -69,14 +70,14 @@ class HttpLimits:
 
 
 class HttpBridge:
-    """An aiohttp server on the gateway's event loop. Calls are counted by the gRPC server's interceptor, so
+    """An aiohttp server on the gateway's event loop. Calls are counted in the gRPC server's InflightCalls, so
     metrics, in-flight accounting and draining cover both transports."""
 
     def __init__(
         self,
         operations: GatewayOperations,
         admission: Admission,
-        interceptor: StatusInterceptor,
+        calls: InflightCalls,
         readiness: Callable[[], dict[str, bool]],
         *,
         generator: Backend | None,
@@ -84,7 +85,7 @@ class HttpBridge:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._admission = admission
-        self._interceptor = interceptor
+        self._calls = calls
         self._readiness = readiness
         self._ssl = ssl_context
         app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_request_id_and_envelope])
@@ -103,9 +104,7 @@ class HttpBridge:
         app.router.add_post(
             "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
         )
-        OpenAIRoutes(interceptor, self._admit_call, generator, operations.embed_texts, limits.body_timeout_s).register(
-            app
-        )
+        OpenAIRoutes(calls, self._admit_call, generator, operations.embed_texts, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(
@@ -145,7 +144,7 @@ class HttpBridge:
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
         return await counted_answer(
-            self._interceptor, method, request_id, respond, lambda error, code: _error_body(error, code, request_id)
+            self._calls, method, request_id, respond, lambda error, code: _error_body(error, code, request_id)
         )
 
     async def _accept(self, request: web.Request, message_class: type[Message]) -> tuple[CallContext, Message]:
@@ -155,7 +154,7 @@ class HttpBridge:
 
     def _admit_call(self, request: web.Request) -> CallContext:
         """Refuse while draining, authenticate, apply the rate limit, fix the deadline (x-timeout-ms)."""
-        self._interceptor.refuse_new_calls()
+        self._calls.refuse_new_calls()
         timeout_ms = request.headers.get(TIMEOUT_HEADER)
         try:
             timeout_s = None if timeout_ms is None else float(timeout_ms) / 1000
@@ -172,7 +171,7 @@ class HttpBridge:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         backends = self._readiness()
-        ready = all(backends.values()) and not self._interceptor.draining
+        ready = all(backends.values()) and not self._calls.draining
         body = {"status": "SERVING" if ready else "NOT_SERVING", "backends": backends}
         return web.json_response(body, status=200 if ready else 503)
 

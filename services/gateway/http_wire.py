@@ -13,7 +13,8 @@ import grpc
 from aiohttp import web
 
 from services.core import errors
-from services.core.status import StatusInterceptor, status_of
+from services.core.inflight import InflightCalls
+from services.core.status import status_of
 from services.core.wire import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,12 @@ Envelope = Callable[[Exception, grpc.StatusCode], dict[str, Any]]
 
 
 async def counted_answer(
-    interceptor: StatusInterceptor, method: str, request_id: str, respond: Respond, envelope: Envelope
+    calls: InflightCalls, method: str, request_id: str, respond: Respond, envelope: Envelope
 ) -> web.StreamResponse:
-    """One HTTP call, counted by the gRPC interceptor like a gRPC call (in flight, drained, requests_total by
+    """One HTTP call, counted in the service's InflightCalls like a gRPC call (in flight, drained, requests_total by
     code): `respond` gives the response and its final code (a stream's is known only at its end); an exception it
     raises becomes an error response in `envelope`'s shape."""
-    started = interceptor.begin()
+    started = calls.begin()
     code = grpc.StatusCode.OK
     try:
         response, code = await respond()
@@ -80,7 +81,7 @@ async def counted_answer(
         code = grpc.StatusCode.CANCELLED
         raise
     finally:
-        interceptor.end(method, code, started)
+        calls.end(method, code, started)
 
 
 def error_response(

@@ -20,7 +20,8 @@ from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
-from services.core.status import StatusInterceptor, status_of
+from services.core.inflight import InflightCalls
+from services.core.status import status_of
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
@@ -34,13 +35,13 @@ OK = grpc.StatusCode.OK
 class OpenAIRoutes:
     def __init__(
         self,
-        interceptor: StatusInterceptor,
+        calls: InflightCalls,
         admit: Callable[[web.Request], CallContext],
         generator: Backend | None,
         embed_texts: EmbedTexts,
         body_timeout_s: float,
     ) -> None:
-        self._interceptor = interceptor
+        self._calls = calls
         self._admit = admit  # refuses while draining, authenticates, applies the rate limit
         self._generator = generator
         self._embed_texts = embed_texts
@@ -124,7 +125,7 @@ class OpenAIRoutes:
         return await self._answer(request, "ListModels", respond)
 
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
-        return await counted_answer(self._interceptor, method, request[REQUEST_ID], respond, openai.error_body)
+        return await counted_answer(self._calls, method, request[REQUEST_ID], respond, openai.error_body)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
