@@ -18,6 +18,7 @@ from typing import Any
 from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check
+from export.defaults import INTENT
 from services.core.manifest import Manifest, version_folders
 from services.dev.launcher import service
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         prog="python -m bench.classifier",
         description=__doc__.split("\n\n")[0],
-        name="intent",
+        name=INTENT,
         name_help="classifier to benchmark (its highest version)",
         seconds=10.0,
     )

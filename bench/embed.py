@@ -19,6 +19,7 @@ from typing import Any
 from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check
+from export.defaults import EMBED
 from services.core.manifest import Manifest, version_folders
 from services.dev.launcher import service
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         prog="python -m bench.embed",
         description=__doc__.split("\n\n")[0],
-        name="minilm-embed",
+        name=EMBED,
         name_help="embedding model to benchmark",
         seconds=10.0,
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check
+from export.defaults import INTENT
 from services.core.manifest import version_folders
 from services.dev.launcher import free_port, service
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         prog="python -m bench.gateway",
         description=__doc__.split("\n\n")[0],
-        name="intent",
+        name=INTENT,
         name_help="classifier behind the gateway (its highest version)",
         seconds=10.0,
     )

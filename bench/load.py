@@ -35,11 +35,12 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
+from export.defaults import EMBED, INTENT
 from export.samples import customer_messages
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
 RPCS = ("classify", "embed", "generate-stream", "route-message", "chat-completions")
-DEFAULT_MODELS = {"classify": "intent", "route-message": "intent", "embed": "minilm-embed"}
+DEFAULT_MODELS = {"classify": INTENT, "route-message": INTENT, "embed": EMBED}
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -58,7 +59,7 @@ class LoadOptions:
     warmup_s: float = 2.0
     ramp_up_s: float = 0.0
     rate: float | None = None
-    model: str = "intent"
+    model: str = INTENT
     texts_per_request: int = 1
     top_k: int = 3
     max_new_tokens: int = 64

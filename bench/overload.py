@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.load import LoadOptions, run_load
 from bench.targets import check
+from export.defaults import INTENT
 from services.dev.launcher import service_process
 
 DEADLINES_S = (1.0, 10.0)
@@ -145,7 +146,7 @@ def run(models: Path, name: str, seconds: float, factor: float) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
-    parser.add_argument("--name", default="intent", help="classifier model to overload")
+    parser.add_argument("--name", default=INTENT, help="classifier model to overload")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per window")
     parser.add_argument("--factor", type=float, default=2.0, help="offered load as a multiple of capacity")
     args = parser.parse_args(argv)
