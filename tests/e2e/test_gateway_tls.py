@@ -47,7 +47,9 @@ def test_the_gateway_reaches_a_mutual_tls_classifier_and_renews_its_certificate(
     assert probe(classifier.address) == 1  # plaintext
 
     backend_tls = ("--backend-tls-ca-file", ca, "--backend-tls-cert-file", str(gateway_cert))
-    gateway = launcher.gateway([classifier], None, *backend_tls, "--backend-tls-key-file", str(gateway_key))
+    # The caller below sends as fast as it can: no rate limit, so that every failure is the TLS renewal's.
+    no_limit = ("--rate-limit-per-s", "0")
+    gateway = launcher.gateway([classifier], None, *backend_tls, "--backend-tls-key-file", str(gateway_key), *no_limit)
     gateway.wait_serving()
     outcomes: list[object] = []
     stop = threading.Event()
