@@ -47,24 +47,10 @@ class GatewayApp:
         if keys.open:
             log.warning("no API keys: every caller is accepted (--allow-unauthenticated)")
 
-        tls = config.backend_tls
-
-        def backend(name: str, addresses: str, service_name: str, stub_class: Any) -> Backend:
-            return Backend(
-                name,
-                addresses,
-                service_name,
-                stub_class,
-                max_attempts=config.max_attempts,
-                default_timeout_s=config.default_timeout_s,
-                deadline_margin_s=config.deadline_margin_ms / 1000,
-                tls=tls,
-            )
-
-        classifier = backend("classifier", config.classifier, CLASSIFIER_SERVICE, ClassifierServiceStub)
+        classifier = _backend(config, "classifier", config.classifier, CLASSIFIER_SERVICE, ClassifierServiceStub)
         generator = None
         if config.generator.strip():
-            generator = backend("generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub)
+            generator = _backend(config, "generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub)
         self.backends = [classifier] if generator is None else [classifier, generator]
         templates = PromptTemplates.load(Path(config.templates))
         self.operations = operations = GatewayOperations(
@@ -98,22 +84,7 @@ class GatewayApp:
             max_receive_bytes=config.max_request_bytes,
         )
         self._ssl_context = _ssl_context(config)
-        self.http = None
-        if config.http_port >= 0:
-            self.http = HttpBridge(
-                operations,
-                admission,
-                self.server.calls,
-                lambda: {backend.name: backend.ready for backend in self.backends},
-                generator=generator,
-                limits=HttpLimits(
-                    max_body_bytes=config.max_request_bytes,
-                    body_timeout_s=config.http_body_timeout_s,
-                    idle_timeout_s=config.http_idle_timeout_s,
-                    max_connections=config.http_max_connections,
-                ),
-                ssl_context=self._ssl_context,
-            )
+        self.http = self._http_bridge(generator) if config.http_port >= 0 else None
         self._watchers: list[asyncio.Task[None]] = []
         self._reload_events: list[asyncio.Event] = []  # one per watcher of files, set on SIGHUP
         log.info(
@@ -122,6 +93,23 @@ class GatewayApp:
             config.route_max_texts_per_call,
         )
         log.info("prompt templates: %s", ", ".join(templates.operations()) or "none")
+
+    def _http_bridge(self, generator: Backend | None) -> HttpBridge:
+        config = self.config
+        return HttpBridge(
+            self.operations,
+            self.admission,
+            self.server.calls,
+            lambda: {backend.name: backend.ready for backend in self.backends},
+            generator=generator,
+            limits=HttpLimits(
+                max_body_bytes=config.max_request_bytes,
+                body_timeout_s=config.http_body_timeout_s,
+                idle_timeout_s=config.http_idle_timeout_s,
+                max_connections=config.http_max_connections,
+            ),
+            ssl_context=self._ssl_context,
+        )
 
     async def load(self) -> None:
         self.operations.start()
@@ -181,6 +169,19 @@ class GatewayApp:
         await self.operations.aclose()
         for backend in self.backends:
             await backend.aclose()
+
+
+def _backend(config: GatewayConfig, name: str, addresses: str, service_name: str, stub_class: Any) -> Backend:
+    return Backend(
+        name,
+        addresses,
+        service_name,
+        stub_class,
+        max_attempts=config.max_attempts,
+        default_timeout_s=config.default_timeout_s,
+        deadline_margin_s=config.deadline_margin_ms / 1000,
+        tls=config.backend_tls,
+    )
 
 
 def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
