@@ -1,6 +1,6 @@
 """`make demo`: start the classifier, the generator and the gateway on the exported defaults, then through the
-gateway route sample customer messages, describe a product (JSON over HTTP) and stream a reply draft (gRPC);
-stop everything, also when something fails."""
+gateway route sample customer messages, find reviews that say the same thing (embeddings), describe a product
+(JSON over HTTP) and stream a reply draft (gRPC); stop everything, also when something fails."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from export.defaults import EMBED, INTENT
 from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 from services.dev.launcher import exit_on_termination, free_port, service
 
@@ -22,6 +24,12 @@ MESSAGES = [
     "Where is my order? It was supposed to arrive yesterday.",
     "I want to talk to a real person, not a bot.",
     "This is unacceptable. I am furious with your terrible service!",
+]
+REVIEWS = [
+    "The sole came off after two weeks of running.",
+    "Great grip on wet trails and very comfortable.",
+    "After a month the shoe's sole started to peel away.",
+    "Comfortable from the first run, and they hold the trail well in the rain.",
 ]
 PRODUCT = {
     "title": "Trail running shoe",
@@ -63,7 +71,9 @@ def main() -> int:
     try:
         print(f"starting the classifier, the generator and the gateway (logs in {logs}) ...", flush=True)
         with (
-            service("services.classifier", *models, "--model-names", "intent", log=logs / "classifier.log") as cls,
+            service(
+                "services.classifier", *models, "--model-names", f"{INTENT},{EMBED}", log=logs / "classifier.log"
+            ) as cls,
             service("services.generator", *models, "--model-names", GENERATOR, log=logs / "generator.log") as gen,
             service(
                 "services.gateway",
@@ -84,6 +94,7 @@ def main() -> int:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
                 metadata = (("authorization", f"Bearer {api_key}"),)
                 route_messages(stub, metadata)
+                similar_reviews(stub, metadata)
                 describe_product(http_port, api_key)
                 draft_reply(stub, metadata)
         return 0
@@ -98,6 +109,18 @@ def route_messages(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tu
         routed = stub.RouteMessage(gateway_pb2.RouteMessageRequest(message=message), metadata=metadata, timeout=30)
         intents = ", ".join(f"{intent.label} {intent.score:.2f}" for intent in routed.intents)
         print(f"  {message}\n    -> queue {routed.queue!r} ({routed.reason}); intents: {intents}")
+
+
+def similar_reviews(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
+    print(f"\nEmbedTexts (gRPC, {EMBED}): the review each review is closest to (cosine similarity)\n")
+    request = gateway_pb2.EmbedTextsRequest(model=EMBED, texts=REVIEWS, normalize=True)
+    embedded = stub.EmbedTexts(request, metadata=metadata, timeout=30)
+    vectors = np.array([list(e.values) for e in embedded.embeddings])
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -1.0)
+    for index, review in enumerate(REVIEWS):
+        closest = int(similarity[index].argmax())
+        print(f"  {review}\n    ~ {REVIEWS[closest]} ({similarity[index, closest]:.2f})")
 
 
 def describe_product(http_port: int, api_key: str) -> None:
