@@ -4,7 +4,8 @@
 # deploy/k8s/base); docker-compose copies them into a named volume the same way. Built with the repository folder as
 # the context:
 #   make models && docker build -f deploy/docker/models.Dockerfile -t ecomserve-models:0.1.0 models/
-# Size: busybox (~4 MB) + the models (intent int8 ~25 MB and fp32 ~90 MB, smollm2-135m-instruct ~550 MB).
+# Size: busybox (~4 MB) + the models (intent int8 ~25 MB and fp32 ~90 MB, minilm-embed the same,
+# smollm2-135m-instruct ~550 MB).
 FROM busybox:1.37.0
 COPY . /models
 # The mount point copies go to: a new docker volume takes its owner, so the non-root copy can write there.

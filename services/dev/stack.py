@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from export.defaults import EMBED, INTENT
 from services.core.wire import DEFAULT_GENERATOR_MODEL as GENERATOR
 from services.dev.launcher import spawn, wait_serving
 
@@ -72,7 +73,7 @@ def up(run: Path, models: Path, prometheus: str | None) -> int:
     host = ["--host", "127.0.0.1"]
     services = [
         ("classifier", ["--port", str(ports.classifier), "--metrics-port", str(ports.classifier_metrics),
-                        "--models", str(models), "--model-names", "intent"]),
+                        "--models", str(models), "--model-names", f"{INTENT},{EMBED}"]),
         ("generator", ["--port", str(ports.generator), "--metrics-port", str(ports.generator_metrics),
                        "--models", str(models), "--model-names", GENERATOR]),
         ("gateway", ["--port", str(ports.gateway), "--http-port", str(ports.gateway_http),
