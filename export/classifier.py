@@ -17,9 +17,9 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from export import sources, transformer
 from export.errors import ExportError
-from export.package import choose_version, earlier_export, staging_folder, tool_versions
+from export.package import choose_version, earlier_export
 from export.progress import say, step
-from services.core.manifest import MODEL_FILE, TASK_CLASSIFICATION, Manifest, TensorSpec, sha256_of
+from services.core.manifest import TASK_CLASSIFICATION, Manifest
 
 FP32_TOLERANCE = 1e-4
 OUTPUT = "probabilities"
@@ -59,42 +59,20 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
     module.feed_names = feed_names  # type: ignore[assignment]
     max_length = job.max_length or transformer.max_length_of(config, folder, tokenizer)
 
-    with staging_folder(job.out, job.name, version) as stage:
-        fp32_path = stage / "model.fp32.onnx"
-        transformer.trace(module, tokenizer, feed_names, OUTPUT, {0: "batch"}, fp32_path)
-        parity = _parity(*transformer.parity_outputs(module, fp32_path, OUTPUT, tokenizer, feed_names, max_length))
-        model_path = stage / MODEL_FILE
-        quantization = transformer.publish_graph(
-            job.quantize, fp32_path, model_path, OUTPUT, tokenizer, feed_names, max_length, _int8_quality
-        )
-        transformer.save_tokenizer(tokenizer, stage)
-        manifest = Manifest(
-            task=TASK_CLASSIFICATION,
-            name=job.name,
-            version=version,
-            sha256=sha256_of(model_path),
-            max_sequence_length=max_length,
-            inputs=transformer.input_specs(feed_names),
-            outputs=[TensorSpec(OUTPUT, "float32", ["batch", len(labels)])],
-            labels=labels,
-            special_tokens=transformer.special_tokens_of(tokenizer),
-            quantization=quantization,
-            parity=parity,
-            source={
-                "model": job.model,
-                "kind": "local" if folder else "hub",
-                "head": str(job.head) if job.head else None,
-                "label_map": str(job.label_map) if job.label_map else None,
-                "architecture": "embedding+linear-head" if head else "sequence-classification",
-                "inputs_sha256": digest,
-            },
-            tool_versions=tool_versions(),
-            opset=transformer.OPSET,
-        )
-        manifest.write(stage)
-    target = job.out / job.name / str(version)
-    say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {len(labels)} labels)")
-    return manifest, target
+    graph = transformer.EncoderGraph(
+        module, tokenizer, feed_names, max_length, OUTPUT, len(labels), _parity, _int8_quality
+    )
+    source = {
+        "model": job.model,
+        "kind": "local" if folder else "hub",
+        "head": str(job.head) if job.head else None,
+        "label_map": str(job.label_map) if job.label_map else None,
+        "architecture": "embedding+linear-head" if head else "sequence-classification",
+        "inputs_sha256": digest,
+    }
+    return transformer.write_version(
+        job.out, job.name, version, graph, job.quantize, TASK_CLASSIFICATION, labels=labels, source=source
+    )
 
 
 def _load_module(job: ClassifierExport, head: _Head | None) -> tuple[torch.nn.Module, list[str], Any]:

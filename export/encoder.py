@@ -18,9 +18,9 @@ from transformers import AutoModel
 
 from export import sources, transformer
 from export.errors import ExportError
-from export.package import choose_version, earlier_export, staging_folder, tool_versions
+from export.package import choose_version, earlier_export
 from export.progress import say, step
-from services.core.manifest import MODEL_FILE, TASK_EMBEDDING, Manifest, TensorSpec, sha256_of
+from services.core.manifest import TASK_EMBEDDING, Manifest
 
 POOLINGS = ("mean", "cls")
 MIN_COSINE = 0.9999  # per text, ONNX fp32 against PyTorch on a padded batch
@@ -63,35 +63,19 @@ def export_encoder(job: EncoderExport) -> tuple[Manifest, Path]:
     max_length = job.max_length or transformer.max_length_of(body.config, folder, tokenizer)
     dimension = int(body.config.hidden_size)
 
-    with staging_folder(job.out, job.name, version) as stage:
-        fp32_path = stage / "model.fp32.onnx"
-        transformer.trace(module, tokenizer, feed_names, OUTPUT, {0: "batch"}, fp32_path)
-        parity = _parity(*transformer.parity_outputs(module, fp32_path, OUTPUT, tokenizer, feed_names, max_length))
-        model_path = stage / MODEL_FILE
-        quantization = transformer.publish_graph(
-            job.quantize, fp32_path, model_path, OUTPUT, tokenizer, feed_names, max_length, _int8_quality
-        )
-        transformer.save_tokenizer(tokenizer, stage)
-        manifest = Manifest(
-            task=TASK_EMBEDDING,
-            name=job.name,
-            version=version,
-            sha256=sha256_of(model_path),
-            max_sequence_length=max_length,
-            inputs=transformer.input_specs(feed_names),
-            outputs=[TensorSpec(OUTPUT, "float32", ["batch", dimension])],
-            special_tokens=transformer.special_tokens_of(tokenizer),
-            quantization=quantization,
-            parity=parity,
-            source={"model": job.model, "kind": "local" if folder else "hub", "inputs_sha256": digest},
-            tool_versions=tool_versions(),
-            opset=transformer.OPSET,
-            embedding={"pooling": pooling, "normalized": normalize, "dimension": dimension},
-        )
-        manifest.write(stage)
-    target = job.out / job.name / str(version)
-    say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {dimension} dimensions)")
-    return manifest, target
+    graph = transformer.EncoderGraph(
+        module, tokenizer, feed_names, max_length, OUTPUT, dimension, _parity, _int8_quality
+    )
+    return transformer.write_version(
+        job.out,
+        job.name,
+        version,
+        graph,
+        job.quantize,
+        TASK_EMBEDDING,
+        source={"model": job.model, "kind": "local" if folder else "hub", "inputs_sha256": digest},
+        embedding={"pooling": pooling, "normalized": normalize, "dimension": dimension},
+    )
 
 
 class PooledEncoder(torch.nn.Module):

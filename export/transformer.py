@@ -1,11 +1,13 @@
 """The steps every text-encoder export (classifier, embedder) shares: a fast tokenizer and its feeds, the length
-limit, tracing to ONNX with dynamic batch and sequence axes, padded sample batches, and the tokenizer file the
-services load."""
+limit, and `write_version`: trace to ONNX with dynamic batch and sequence axes, check parity on a padded batch,
+publish the fp32 or int8 graph, save the tokenizer the services load, write the manifest. A task adds only its
+module, its parity rule and its manifest fields."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,65 @@ from transformers import AutoTokenizer
 
 from export import quantize, sources
 from export.errors import ExportError
-from export.progress import step
+from export.package import staging_folder, tool_versions
+from export.progress import say, step
 from export.samples import CLASSIFIER_TEXTS, agreement_texts
-from services.core.manifest import TOKENIZER_FILE, TensorSpec
+from services.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, TensorSpec, sha256_of
 
 OPSET = 17
 FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 TRACING_TEXTS = ["a short text", "a somewhat longer text for tracing"]
+Compare = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EncoderGraph:
+    """One text-encoder export: the module to trace (feeds in FEED_NAMES order, one float output row per text),
+    its tokenizer, and the task's rules: `parity` turns (ONNX, PyTorch) outputs on the padded parity batch into the
+    manifest's parity entry or raises ExportError; `int8_quality` turns (int8, fp32) outputs into figures."""
+
+    module: torch.nn.Module
+    tokenizer: Any
+    feed_names: list[str]
+    max_length: int
+    output: str
+    width: int
+    parity: Compare
+    int8_quality: Compare
+
+
+def write_version(
+    out: Path, name: str, version: int, graph: EncoderGraph, quantize: str | None, task: str, **fields: Any
+) -> tuple[Manifest, Path]:
+    """Trace, check, publish and describe `graph` as out/name/version (atomically: nothing is left there when a
+    step fails); `fields` are the task's own manifest fields (labels, source, embedding, ...)."""
+    with staging_folder(out, name, version) as stage:
+        fp32_path = stage / "model.fp32.onnx"
+        trace(graph.module, graph.tokenizer, graph.feed_names, graph.output, {0: "batch"}, fp32_path)
+        parity = graph.parity(*parity_outputs(graph, fp32_path))
+        model_path = stage / MODEL_FILE
+        quantization = publish_graph(quantize, fp32_path, model_path, graph)
+        save_tokenizer(graph.tokenizer, stage)
+        manifest = Manifest(
+            task=task,
+            name=name,
+            version=version,
+            sha256=sha256_of(model_path),
+            max_sequence_length=graph.max_length,
+            inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in graph.feed_names],
+            outputs=[TensorSpec(graph.output, "float32", ["batch", graph.width])],
+            special_tokens={"pad_token_id": graph.tokenizer.pad_token_id, "pad_token": graph.tokenizer.pad_token},
+            quantization=quantization,
+            parity=parity,
+            tool_versions=tool_versions(),
+            opset=OPSET,
+            **fields,
+        )
+        manifest.write(stage)
+    target = out / name / str(version)
+    size_mb = (target / MODEL_FILE).stat().st_size / 1e6
+    say(f"[export] wrote {target} ({size_mb:.1f} MB, {graph.output} of {graph.width})")
+    return manifest, target
 
 
 def load_fast_tokenizer(model: str) -> Any:
@@ -35,10 +89,6 @@ def load_fast_tokenizer(model: str) -> Any:
 def feed_names_of(tokenizer: Any) -> list[str]:
     """The graph inputs in FEED_NAMES order: what the tokenizer produces, and always the attention mask."""
     return [n for n in FEED_NAMES if n in tokenizer.model_input_names or n == "attention_mask"]
-
-
-def input_specs(feed_names: list[str]) -> list[TensorSpec]:
-    return [TensorSpec(n, "int64", ["batch", "sequence"]) for n in feed_names]
 
 
 def max_length_of(config: Any, folder: Path | None, tokenizer: Any) -> int:
@@ -84,29 +134,18 @@ def padded_feeds(tokenizer: Any, texts: list[str], feed_names: list[str], max_le
     }
 
 
-def parity_outputs(
-    module: torch.nn.Module, onnx_path: Path, output: str, tokenizer: Any, feed_names: list[str], max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+def parity_outputs(graph: EncoderGraph, onnx_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(ONNX output, PyTorch output) of the parity texts as one padded batch."""
     with step("parity check against PyTorch"):
-        feeds = padded_feeds(tokenizer, CLASSIFIER_TEXTS, feed_names, max_length)
+        feeds = padded_feeds(graph.tokenizer, CLASSIFIER_TEXTS, graph.feed_names, graph.max_length)
         with torch.no_grad():
-            expected = module(*(torch.from_numpy(feeds[n]) for n in feed_names)).numpy()
-        return _run_onnx(onnx_path, output, feeds), expected
+            expected = graph.module(*(torch.from_numpy(feeds[n]) for n in graph.feed_names)).numpy()
+        return _run_onnx(onnx_path, graph.output, feeds), expected
 
 
-def publish_graph(
-    method: str | None,
-    fp32_path: Path,
-    model_path: Path,
-    output: str,
-    tokenizer: Any,
-    feed_names: list[str],
-    max_length: int,
-    compare: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
-) -> dict[str, Any]:
+def publish_graph(method: str | None, fp32_path: Path, model_path: Path, graph: EncoderGraph) -> dict[str, Any]:
     """Write the served graph to model_path: the fp32 one, or its int8 quantization, whose outputs on the
-    agreement texts `compare` (quantized, fp32) describes. Returns the manifest's quantization entry."""
+    agreement texts the task's int8_quality describes. Returns the manifest's quantization entry."""
     if method is None:
         fp32_path.rename(model_path)
         return {"method": "none"}
@@ -114,8 +153,10 @@ def publish_graph(
         raise ExportError(f"--quantize {method}: encoders support int8 only")
     done = quantize.quantize_int8_per_channel(fp32_path, model_path)
     texts = agreement_texts()
-    sample = padded_feeds(tokenizer, texts, feed_names, max_length)
-    quality = compare(_run_onnx(model_path, output, sample), _run_onnx(fp32_path, output, sample))
+    sample = padded_feeds(graph.tokenizer, texts, graph.feed_names, graph.max_length)
+    quality = graph.int8_quality(
+        _run_onnx(model_path, graph.output, sample), _run_onnx(fp32_path, graph.output, sample)
+    )
     fp32_path.unlink()
     return {"method": done, **quality, "texts": len(texts)}
 
@@ -131,7 +172,3 @@ def save_tokenizer(tokenizer: Any, folder: Path) -> None:
     backend.no_padding()
     backend.no_truncation()
     backend.save(str(folder / TOKENIZER_FILE))
-
-
-def special_tokens_of(tokenizer: Any) -> dict[str, Any]:
-    return {"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token}
