@@ -13,6 +13,15 @@ WORDS = (
     "write short description stainless steel water bottle hello thanks help return item size color"
 ).split()
 LABELS = ["negative", "neutral", "positive"]
+# Texts of clearly different token lengths, in the tiny tokenizers' vocabulary.
+TEXTS = [
+    "where is my order",
+    "i want a refund please the blender came broken and i want my money back today",
+    "hello",
+    "can i talk to a real person about the late parcel",
+    "thanks",
+    "how do i change the delivery address",
+]
 
 
 def write_bert_tokenizer(folder: Path) -> None:

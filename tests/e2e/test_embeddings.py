@@ -9,16 +9,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import openai
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tokenizers import Tokenizer
 
 from export.defaults import EMBED
 from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, Launcher, Process
+from tests.onnx_reference import run_alone
 
 pytestmark = pytest.mark.e2e
 
@@ -48,24 +47,13 @@ def embedding_stack(tmp_path_factory: pytest.TempPathFactory, minilm_repo: Path)
         launcher.stop_all()
 
 
-def plain_onnxruntime(folder: Path, text: str) -> np.ndarray:
-    encoding = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text)
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "input_ids": np.array([encoding.ids], np.int64),
-        "attention_mask": np.array([encoding.attention_mask], np.int64),
-        "token_type_ids": np.array([encoding.type_ids], np.int64),
-    }
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0][0]
-
-
 def assert_meaning_and_exactness(vectors: np.ndarray, folder: Path) -> None:
     similarity = vectors @ vectors.T
     closest_unrelated = max(similarity[a, b] for a, b in UNRELATED)
     for a, b in SAME_MEANING:
         assert similarity[a, b] > closest_unrelated + 0.1, (similarity[a, b], closest_unrelated)
     for text, vector in zip(TEXTS, vectors, strict=True):
-        np.testing.assert_allclose(vector, plain_onnxruntime(folder, text), atol=1e-5)
+        np.testing.assert_allclose(vector, run_alone(folder, text), atol=1e-5)
 
 
 def test_embed_on_the_classifier(embedding_stack: tuple[Process, Process], minilm_repo: Path) -> None:

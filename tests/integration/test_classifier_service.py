@@ -9,41 +9,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
-from tokenizers import Tokenizer
 
 from services.classifier.app import ClassifierApp
 from services.core.listener import serve_metrics
 from services.core.manifest import Manifest
 from services.dev.launcher import free_port
+from tests.fixtures import TEXTS
 from tests.integration.conftest import address_of, stub_for
-
-TEXTS = [
-    "where is my order",
-    "i want a refund please the blender came broken and i want my money back today",
-    "hello",
-    "can i talk to a real person about the late parcel",
-    "thanks",
-    "how do i change the delivery address",
-]
-
-
-def reference_probabilities(model_dir: Path, text: str) -> np.ndarray:
-    """Plain onnxruntime on one text alone: no padding, no batching."""
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    encoding = tokenizer.encode(text)
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    feeds = {
-        "input_ids": np.array([encoding.ids], np.int64),
-        "attention_mask": np.array([encoding.attention_mask], np.int64),
-        "token_type_ids": np.array([encoding.type_ids], np.int64),
-    }
-    return session.run(None, {n: feeds[n] for n in names})[0][0]
+from tests.onnx_reference import run_alone
 
 
 def assert_matches_reference(
@@ -53,7 +30,7 @@ def assert_matches_reference(
     nothing)."""
     folder = model_repo / model / str(version)
     scores = {label.label: label.score for label in served.labels}
-    expected = reference_probabilities(folder, text)
+    expected = run_alone(folder, text)
     labels = Manifest.read(folder).labels
     np.testing.assert_allclose([scores[label] for label in labels], expected, atol=1e-5)
 

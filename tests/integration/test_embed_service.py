@@ -8,26 +8,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from tokenizers import Tokenizer
 
 from export.encoder import EncoderExport, export_encoder
+from tests.fixtures import TEXTS
 from tests.integration.conftest import running_classifier, stub_for
-from tests.integration.test_classifier_service import TEXTS
-
-
-def vector_alone(folder: Path, text: str) -> np.ndarray:
-    """Plain onnxruntime on the exported graph, one text alone: no padding, no batching."""
-    encoding = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text)
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "input_ids": np.array([encoding.ids], np.int64),
-        "attention_mask": np.array([encoding.attention_mask], np.int64),
-        "token_type_ids": np.array([encoding.type_ids], np.int64),
-    }
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0][0]
+from tests.onnx_reference import run_alone
 
 
 async def test_embed_equals_plain_onnxruntime_on_each_text_alone(classifier, model_repo: Path) -> None:
@@ -38,7 +26,7 @@ async def test_embed_equals_plain_onnxruntime_on_each_text_alone(classifier, mod
     assert (together.model, together.version, together.dimension) == ("embed", 1, 32)
     folder = model_repo / "embed" / "1"
     for index, text in enumerate(TEXTS):
-        expected = vector_alone(folder, text)
+        expected = run_alone(folder, text)
         np.testing.assert_allclose(together.embeddings[index].values, expected, atol=1e-5)
         np.testing.assert_allclose(alone[index].embeddings[0].values, expected, atol=1e-5)
         assert abs(np.linalg.norm(together.embeddings[index].values) - 1.0) < 1e-5
@@ -57,7 +45,7 @@ async def test_normalize_scales_the_vectors_of_a_model_that_does_not(
         listed = await stub.ListModels(pb.ListModelsRequest())
     assert not listed.models[0].normalized
     for text, plain, scaled in zip(TEXTS, raw.embeddings, unit.embeddings, strict=False):
-        expected = vector_alone(folder, text)
+        expected = run_alone(folder, text)
         np.testing.assert_allclose(plain.values, expected, atol=1e-5)
         assert abs(np.linalg.norm(expected) - 1.0) > 1e-3  # the graph does not normalise
         np.testing.assert_allclose(scaled.values, expected / np.linalg.norm(expected), atol=1e-5)

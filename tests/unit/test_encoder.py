@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from prometheus_client import REGISTRY
 from tokenizers import Tokenizer
@@ -22,29 +21,11 @@ from services.core.errors import InvalidArgument
 from services.core.manifest import Manifest
 from services.core.repository import ModelVersion
 from services.core.runner import OnnxRunner, RuntimeOptions
+from tests.fixtures import TEXTS
+from tests.onnx_reference import run_alone
 
-TEXTS = [
-    "where is my order",
-    "i want a refund please the blender came broken and i want my money back today",
-    "hello",
-    "can i talk to a real person about the late parcel",
-    "thanks",
-    "how do i change the delivery address",
-]
 # Every test's encoder gets its own metrics label, so counters read back are that test's alone.
 SERVICES = (f"unit-encoder-{n}" for n in itertools.count())
-
-
-def alone(folder: Path, text: str) -> np.ndarray:
-    """Plain onnxruntime on one text alone: no padding, no batching."""
-    encoding = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text)
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "input_ids": np.array([encoding.ids], np.int64),
-        "attention_mask": np.array([encoding.attention_mask], np.int64),
-        "token_type_ids": np.array([encoding.type_ids], np.int64),
-    }
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0][0]
 
 
 @asynccontextmanager
@@ -84,7 +65,7 @@ async def test_rows_equal_plain_onnxruntime_on_each_text_alone(model_repo: Path)
         # Concurrent requests share padded batches; every row must still be the text's own.
         answers = await asyncio.gather(*(encoder.encode([text], False, None) for text in TEXTS))
     for text, [encoded] in zip(TEXTS, answers, strict=True):
-        np.testing.assert_allclose(encoded.output, alone(folder, text), atol=1e-5)
+        np.testing.assert_allclose(encoded.output, run_alone(folder, text), atol=1e-5)
         assert not encoded.truncated
         assert encoded.token_count == len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids)
 
@@ -112,7 +93,7 @@ async def test_models_that_quantize_per_run_get_one_run_per_text(model_repo: Pat
         encoded = await encoder.encode(TEXTS, False, None)
         assert runs_of(service, encoder) - before == len(TEXTS)
     for text, row in zip(TEXTS, encoded, strict=True):
-        np.testing.assert_array_equal(row.output, alone(folder, text))
+        np.testing.assert_array_equal(row.output, run_alone(folder, text))
 
 
 async def test_over_long_text_is_refused_or_truncated_as_asked(model_repo: Path) -> None:

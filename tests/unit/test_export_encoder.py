@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from export.encoder import EncoderExport, export_encoder
 from services.core.manifest import Manifest, sha256_of
+from tests.onnx_reference import run_padded
 from tests.unit.test_export_classifier import assert_one_line_failure, run_cli
 
 TEXTS = ["where is my order", "i want a refund please the blender came broken", "hello"]
@@ -35,20 +34,6 @@ def torch_vectors(body_folder: Path, pooling: str, normalize: bool) -> np.ndarra
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
 
-def onnx_vectors(folder: Path) -> np.ndarray:
-    """Plain onnxruntime on the exported graph and tokenizer, the texts as one padded batch."""
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_padding()
-    encodings = tokenizer.encode_batch(TEXTS)
-    feeds = {
-        "input_ids": np.array([e.ids for e in encodings], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
-        "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
-    }
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
-
-
 def test_embedder_manifest_and_parity(model_repo: Path, hf_models: dict[str, Path]) -> None:
     folder = model_repo / "embed" / "1"
     manifest = Manifest.read(folder)
@@ -57,7 +42,7 @@ def test_embedder_manifest_and_parity(model_repo: Path, hf_models: dict[str, Pat
     assert manifest.embedding == {"pooling": "mean", "normalized": True, "dimension": 32}
     assert manifest.outputs[0].to_dict() == {"name": "embeddings", "dtype": "float32", "shape": ["batch", 32]}
     assert manifest.parity["min_cosine_fp32_vs_pytorch"] >= 0.9999
-    vectors = onnx_vectors(folder)
+    vectors = run_padded(folder, TEXTS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, torch_vectors(hf_models["body"], "mean", True), atol=1e-5)
 
@@ -67,7 +52,7 @@ def test_cls_pooling_without_normalising(tmp_path: Path, hf_models: dict[str, Pa
         EncoderExport(model=str(hf_models["body"]), name="cls", out=tmp_path, pooling="cls", normalize=False)
     )
     assert manifest.embedding["pooling"] == "cls" and not manifest.embedding["normalized"]
-    np.testing.assert_allclose(onnx_vectors(folder), torch_vectors(hf_models["body"], "cls", False), atol=1e-5)
+    np.testing.assert_allclose(run_padded(folder, TEXTS), torch_vectors(hf_models["body"], "cls", False), atol=1e-5)
 
 
 def test_pooling_and_normalising_default_to_the_sentence_transformers_files(
@@ -80,7 +65,7 @@ def test_pooling_and_normalising_default_to_the_sentence_transformers_files(
     (body / "modules.json").write_text(json.dumps(modules))
     manifest, folder = export_encoder(EncoderExport(model=str(body), name="st", out=tmp_path / "models"))
     assert manifest.embedding == {"pooling": "cls", "normalized": True, "dimension": 32}
-    np.testing.assert_allclose(onnx_vectors(folder), torch_vectors(body, "cls", True), atol=1e-5)
+    np.testing.assert_allclose(run_padded(folder, TEXTS), torch_vectors(body, "cls", True), atol=1e-5)
 
 
 def test_int8_states_its_cosine_with_fp32_and_same_inputs_are_skipped(
