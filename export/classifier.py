@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from export import sources, transformer
+from export import pipeline, sources, transformer
 from export.errors import ExportError
 from export.package import choose_version, earlier_export
 from export.progress import say, step
@@ -60,7 +60,7 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
     max_length = job.max_length or transformer.max_length_of(config, folder, tokenizer)
 
     graph = transformer.EncoderGraph(
-        module, tokenizer, feed_names, max_length, OUTPUT, len(labels), _parity, _int8_quality
+        module, tokenizer, feed_names, max_length, OUTPUT, len(labels), "labels", _parity, _int8_quality
     )
     source = {
         "model": job.model,
@@ -70,8 +70,8 @@ def export_classifier(job: ClassifierExport) -> tuple[Manifest, Path]:
         "architecture": "embedding+linear-head" if head else "sequence-classification",
         "inputs_sha256": digest,
     }
-    return transformer.write_version(
-        job.out, job.name, version, graph, job.quantize, TASK_CLASSIFICATION, labels=labels, source=source
+    return pipeline.write_version(
+        job.out, job.name, version, graph, job.quantize, task=TASK_CLASSIFICATION, labels=labels, source=source
     )
 
 

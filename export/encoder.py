@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from export import sources, transformer
+from export import pipeline, sources, transformer
 from export.errors import ExportError
 from export.package import choose_version, earlier_export
 from export.progress import say, step
@@ -64,15 +64,15 @@ def export_encoder(job: EncoderExport) -> tuple[Manifest, Path]:
     dimension = int(body.config.hidden_size)
 
     graph = transformer.EncoderGraph(
-        module, tokenizer, feed_names, max_length, OUTPUT, dimension, _parity, _int8_quality
+        module, tokenizer, feed_names, max_length, OUTPUT, dimension, "dimensions", _parity, _int8_quality
     )
-    return transformer.write_version(
+    return pipeline.write_version(
         job.out,
         job.name,
         version,
         graph,
         job.quantize,
-        TASK_EMBEDDING,
+        task=TASK_EMBEDDING,
         source={"model": job.model, "kind": "local" if folder else "hub", "inputs_sha256": digest},
         embedding={"pooling": pooling, "normalized": normalize, "dimension": dimension},
     )

@@ -26,20 +26,18 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from export import quantize, sources
 from export.errors import ExportError
-from export.package import choose_version, earlier_export, staging_folder, tool_versions
+from export.package import choose_version, earlier_export
+from export.pipeline import OPSET, write_version
 from export.progress import say, step
 from export.samples import GENERATOR_PROMPTS
 from services.core.manifest import (
     CHAT_TEMPLATE_FILE,
-    MODEL_FILE,
     TASK_GENERATION,
     TOKENIZER_FILE,
     Manifest,
     TensorSpec,
-    sha256_of,
 )
 
-OPSET = 17
 FP32_LOGITS_TOLERANCE = 1e-3
 GREEDY_TOKENS = 20
 QUANTIZERS = {"int8": quantize.quantize_int8_decoder, "int4": quantize.quantize_int4_weight_only}
@@ -155,51 +153,64 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
     version = choose_version(job.out, job.name, job.version, job.force)
 
     model, tokenizer = load_causal_lm(job.model, job.gguf_file)
-    layers, pad_id, eos_ids = _describe(model, tokenizer)
-    module = _DecoderWithCache(model, layers).eval()
-    graph = _GraphNames(layers)
-    with staging_folder(job.out, job.name, version) as stage:
-        fp32_path = stage / "model.fp32.onnx"
-        kv_shape = _trace(module, model, graph, fp32_path)
-        fp32 = _OnnxDecoder(fp32_path, layers)
-        parity, greedy = _parity(module, fp32, model, tokenizer, pad_id, eos_ids)
-        model_path = stage / MODEL_FILE
-        quantization = _publish(job.quantize, fp32_path, model_path, greedy, tokenizer)
-        has_chat_template = _save_tokenizer(tokenizer, stage)
-        manifest = Manifest(
-            task=TASK_GENERATION,
-            name=job.name,
-            version=version,
-            sha256=sha256_of(model_path),
-            max_sequence_length=_max_positions(model.config),
-            inputs=graph.inputs(kv_shape),
-            outputs=graph.outputs(kv_shape, int(model.config.vocab_size)),
-            padding_side="left",
-            special_tokens={
+    source = {
+        "model": job.model,
+        "file": job.gguf_file,
+        "kind": "local" if folder else "hub",
+        "architecture": model.config.model_type,
+        "inputs_sha256": digest,
+    }
+    steps = _DecoderSteps(model, tokenizer)
+    return write_version(job.out, job.name, version, steps, job.quantize, task=TASK_GENERATION, source=source)
+
+
+class _DecoderSteps:
+    """The pipeline's steps (export.pipeline.ExportSteps) for a causal LM with its KV cache."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.layers, self.pad_id, self.eos_ids = _describe(model, tokenizer)
+        self.module = _DecoderWithCache(model, self.layers).eval()
+        self.graph = _GraphNames(self.layers)
+        self.kv_shape: list[int] = []  # set by trace
+        self.greedy: _GreedyReference | None = None  # set by check
+        self.has_chat_template = False  # set by save_files
+
+    def trace(self, path: Path) -> None:
+        self.kv_shape = _trace(self.module, self.model, self.graph, path)
+
+    def check(self, fp32_path: Path) -> dict[str, Any]:
+        fp32 = _OnnxDecoder(fp32_path, self.layers)
+        parity, self.greedy = _parity(self.module, fp32, self.model, self.tokenizer, self.pad_id, self.eos_ids)
+        return parity
+
+    def publish(self, method: str | None, fp32_path: Path, model_path: Path) -> dict[str, Any]:
+        assert self.greedy is not None, "check runs before publish"
+        return _publish(method, fp32_path, model_path, self.greedy, self.tokenizer)
+
+    def save_files(self, folder: Path) -> None:
+        self.has_chat_template = _save_tokenizer(self.tokenizer, folder)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        tokenizer = self.tokenizer
+        return {
+            "max_sequence_length": _max_positions(self.model.config),
+            "inputs": self.graph.inputs(self.kv_shape),
+            "outputs": self.graph.outputs(self.kv_shape, int(self.model.config.vocab_size)),
+            "padding_side": "left",
+            "special_tokens": {
                 "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_ids": eos_ids,
-                "pad_token_id": pad_id,
+                "eos_token_ids": self.eos_ids,
+                "pad_token_id": self.pad_id,
                 "bos_token": tokenizer.bos_token,
                 "eos_token": tokenizer.eos_token,
-                "chat_template": CHAT_TEMPLATE_FILE if has_chat_template else None,
+                "chat_template": CHAT_TEMPLATE_FILE if self.has_chat_template else None,
             },
-            quantization=quantization,
-            parity=parity,
-            source={
-                "model": job.model,
-                "file": job.gguf_file,
-                "kind": "local" if folder else "hub",
-                "architecture": model.config.model_type,
-                "inputs_sha256": digest,
-            },
-            tool_versions=tool_versions(),
-            opset=OPSET,
-            decoder=graph.description(kv_shape),
-        )
-        manifest.write(stage)
-    target = job.out / job.name / str(version)
-    say(f"[export] wrote {target} ({(target / MODEL_FILE).stat().st_size / 1e6:.1f} MB, {layers} layers)")
-    return manifest, target
+            "decoder": self.graph.description(self.kv_shape),
+        }
+
+    def summary(self) -> str:
+        return f"{self.layers} layers"
 
 
 class _GraphNames:

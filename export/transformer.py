@@ -1,7 +1,7 @@
-"""The steps every text-encoder export (classifier, embedder) shares: a fast tokenizer and its feeds, the length
-limit, and `write_version`: trace to ONNX with dynamic batch and sequence axes, check parity on a padded batch,
-publish the fp32 or int8 graph, save the tokenizer the services load, write the manifest. A task adds only its
-module, its parity rule and its manifest fields."""
+"""The export steps every text encoder (classifier, embedder) shares: a fast tokenizer and its feeds, the length
+limit, and EncoderGraph, the pipeline's steps for them: trace to ONNX with dynamic batch and sequence axes, check
+parity on a padded batch, publish the fp32 or int8 graph, save the tokenizer the services load. A task adds only
+its module, its parity rule, its int8 figures and its manifest fields."""
 
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from transformers import AutoTokenizer
 
 from export import quantize, sources
 from export.errors import ExportError
-from export.package import staging_folder, tool_versions
-from export.progress import say, step
+from export.pipeline import OPSET
+from export.progress import step
 from export.samples import CLASSIFIER_TEXTS, agreement_texts
-from services.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, TensorSpec, sha256_of
+from services.core.manifest import TOKENIZER_FILE, TensorSpec
 
-OPSET = 17
 FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 TRACING_TEXTS = ["a short text", "a somewhat longer text for tracing"]
 Compare = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
@@ -31,9 +30,10 @@ Compare = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 
 @dataclass(frozen=True)
 class EncoderGraph:
-    """One text-encoder export: the module to trace (feeds in FEED_NAMES order, one float output row per text),
-    its tokenizer, and the task's rules: `parity` turns (ONNX, PyTorch) outputs on the padded parity batch into the
-    manifest's parity entry or raises ExportError; `int8_quality` turns (int8, fp32) outputs into figures."""
+    """The pipeline's steps (export.pipeline.ExportSteps) for a text encoder: the module to trace (feeds in
+    FEED_NAMES order, one float output row of `width` per text) and its tokenizer, with the task's rules: `parity`
+    turns (ONNX, PyTorch) outputs on the padded parity batch into the manifest's parity entry or raises
+    ExportError; `int8_quality` turns (int8, fp32) outputs into figures; `unit` names what `width` counts."""
 
     module: torch.nn.Module
     tokenizer: Any
@@ -41,42 +41,51 @@ class EncoderGraph:
     max_length: int
     output: str
     width: int
+    unit: str
     parity: Compare
     int8_quality: Compare
 
+    def trace(self, path: Path) -> None:
+        trace(self.module, self.tokenizer, self.feed_names, self.output, {0: "batch"}, path)
 
-def write_version(
-    out: Path, name: str, version: int, graph: EncoderGraph, quantize: str | None, task: str, **fields: Any
-) -> tuple[Manifest, Path]:
-    """Trace, check, publish and describe `graph` as out/name/version (atomically: nothing is left there when a
-    step fails); `fields` are the task's own manifest fields (labels, source, embedding, ...)."""
-    with staging_folder(out, name, version) as stage:
-        fp32_path = stage / "model.fp32.onnx"
-        trace(graph.module, graph.tokenizer, graph.feed_names, graph.output, {0: "batch"}, fp32_path)
-        parity = graph.parity(*parity_outputs(graph, fp32_path))
-        model_path = stage / MODEL_FILE
-        quantization = publish_graph(quantize, fp32_path, model_path, graph)
-        save_tokenizer(graph.tokenizer, stage)
-        manifest = Manifest(
-            task=task,
-            name=name,
-            version=version,
-            sha256=sha256_of(model_path),
-            max_sequence_length=graph.max_length,
-            inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in graph.feed_names],
-            outputs=[TensorSpec(graph.output, "float32", ["batch", graph.width])],
-            special_tokens={"pad_token_id": graph.tokenizer.pad_token_id, "pad_token": graph.tokenizer.pad_token},
-            quantization=quantization,
-            parity=parity,
-            tool_versions=tool_versions(),
-            opset=OPSET,
-            **fields,
-        )
-        manifest.write(stage)
-    target = out / name / str(version)
-    size_mb = (target / MODEL_FILE).stat().st_size / 1e6
-    say(f"[export] wrote {target} ({size_mb:.1f} MB, {graph.output} of {graph.width})")
-    return manifest, target
+    def check(self, fp32_path: Path) -> dict[str, Any]:
+        with step("parity check against PyTorch"):
+            feeds = padded_feeds(self.tokenizer, CLASSIFIER_TEXTS, self.feed_names, self.max_length)
+            with torch.no_grad():
+                expected = self.module(*(torch.from_numpy(feeds[n]) for n in self.feed_names)).numpy()
+            return self.parity(_run_onnx(fp32_path, self.output, feeds), expected)
+
+    def publish(self, method: str | None, fp32_path: Path, model_path: Path) -> dict[str, Any]:
+        """The fp32 graph, or its int8 quantization with its figures on the agreement texts."""
+        if method is None:
+            fp32_path.rename(model_path)
+            return {"method": "none"}
+        if method != "int8":
+            raise ExportError(f"--quantize {method}: encoders support int8 only")
+        done = quantize.quantize_int8_per_channel(fp32_path, model_path)
+        texts = agreement_texts()
+        sample = padded_feeds(self.tokenizer, texts, self.feed_names, self.max_length)
+        quantized, fp32 = _run_onnx(model_path, self.output, sample), _run_onnx(fp32_path, self.output, sample)
+        fp32_path.unlink()
+        return {"method": done, **self.int8_quality(quantized, fp32), "texts": len(texts)}
+
+    def save_files(self, folder: Path) -> None:
+        backend = self.tokenizer.backend_tokenizer
+        # Padding and truncation are the service's decision (bucketed batches); never ship them fixed.
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(folder / TOKENIZER_FILE))
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {
+            "max_sequence_length": self.max_length,
+            "inputs": [TensorSpec(n, "int64", ["batch", "sequence"]) for n in self.feed_names],
+            "outputs": [TensorSpec(self.output, "float32", ["batch", self.width])],
+            "special_tokens": {"pad_token_id": self.tokenizer.pad_token_id, "pad_token": self.tokenizer.pad_token},
+        }
+
+    def summary(self) -> str:
+        return f"{self.width} {self.unit}"
 
 
 def load_fast_tokenizer(model: str) -> Any:
@@ -134,41 +143,6 @@ def padded_feeds(tokenizer: Any, texts: list[str], feed_names: list[str], max_le
     }
 
 
-def parity_outputs(graph: EncoderGraph, onnx_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ONNX output, PyTorch output) of the parity texts as one padded batch."""
-    with step("parity check against PyTorch"):
-        feeds = padded_feeds(graph.tokenizer, CLASSIFIER_TEXTS, graph.feed_names, graph.max_length)
-        with torch.no_grad():
-            expected = graph.module(*(torch.from_numpy(feeds[n]) for n in graph.feed_names)).numpy()
-        return _run_onnx(onnx_path, graph.output, feeds), expected
-
-
-def publish_graph(method: str | None, fp32_path: Path, model_path: Path, graph: EncoderGraph) -> dict[str, Any]:
-    """Write the served graph to model_path: the fp32 one, or its int8 quantization, whose outputs on the
-    agreement texts the task's int8_quality describes. Returns the manifest's quantization entry."""
-    if method is None:
-        fp32_path.rename(model_path)
-        return {"method": "none"}
-    if method != "int8":
-        raise ExportError(f"--quantize {method}: encoders support int8 only")
-    done = quantize.quantize_int8_per_channel(fp32_path, model_path)
-    texts = agreement_texts()
-    sample = padded_feeds(graph.tokenizer, texts, graph.feed_names, graph.max_length)
-    quality = graph.int8_quality(
-        _run_onnx(model_path, graph.output, sample), _run_onnx(fp32_path, graph.output, sample)
-    )
-    fp32_path.unlink()
-    return {"method": done, **quality, "texts": len(texts)}
-
-
 def _run_onnx(path: Path, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run([output], feeds)[0]
-
-
-def save_tokenizer(tokenizer: Any, folder: Path) -> None:
-    backend = tokenizer.backend_tokenizer
-    # Padding and truncation are the service's decision (bucketed batches); never ship them fixed.
-    backend.no_padding()
-    backend.no_truncation()
-    backend.save(str(folder / TOKENIZER_FILE))
