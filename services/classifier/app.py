@@ -3,6 +3,7 @@ embedders) and their servicer. Used by __main__ and by tests."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -28,8 +29,14 @@ class ClassifierApp(ModelService[BatchedEncoder]):
 
     def __init__(self, config: ClassifierConfig) -> None:
         self._tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-        inference_threads, intra_op_threads = config.run_threads(on_gpu=choose_providers(config.device)[0] == CUDA)
+        on_gpu = choose_providers(config.device)[0] == CUDA
+        inference_threads, intra_op_threads = config.run_threads(on_gpu)
         self._runtime = RuntimeOptions(device=config.device, intra_op_threads=intra_op_threads)
+        # A request that runs alone gets every core when the batches' runs each get fewer.
+        cores = os.cpu_count() or 1
+        self._solo_runtime = None
+        if not on_gpu and intra_op_threads < cores:
+            self._solo_runtime = RuntimeOptions(device=config.device, intra_op_threads=cores, spin=True)
         self._batching = BatchingOptions(
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=config.max_queue_delay_ms,
@@ -49,8 +56,9 @@ class ClassifierApp(ModelService[BatchedEncoder]):
 
     def build(self, version: ModelVersion) -> BatchedEncoder:
         runner = OnnxRunner(version.model_path, self._runtime)
+        solo = OnnxRunner(version.model_path, self._solo_runtime) if self._solo_runtime else None
         head = HEADS[version.manifest.task]
-        return head(SERVICE, version, runner, self._batching, self._tokenize_pool, self.server.fail)
+        return head(SERVICE, version, runner, self._batching, self._tokenize_pool, self.server.fail, solo_runner=solo)
 
     async def close(self) -> None:
         await super().close()

@@ -21,7 +21,8 @@ class ClassifierConfig(ModelServerConfig):
     max_queue_delay_ms: float = knob(
         0.0,
         "longest time the oldest queued text waits for its batch to fill (0: a batch starts as soon as a batch slot "
-        "is free, with every text queued by then)",
+        "is free, with every text queued by then); a single-text request that finds nothing queued or running and "
+        "an inference thread free runs at once",
     )
     max_queue_size: int = knob(1024, "most texts waiting per model; past it requests get RESOURCE_EXHAUSTED")
     max_queue_time_s: float = knob(

@@ -88,6 +88,11 @@ class DynamicBatcher(Generic[I, O]):
         """Items waiting (not yet in a running batch)."""
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and no batch running."""
+        return not self._queue and self._running_items == 0
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")

@@ -8,12 +8,20 @@ text; what one run costs in padded tokens is measured at warm-up unless configur
 activations per run (dynamic int8) get one run per text instead, so that no text's scores depend on its batch.
 The runs of a batch are shared out among the inference threads, costliest first, so one batch keeps every core
 busy and ends as soon as possible. The graph is run for the first output its manifest names, one row per text.
+
+The cost follows the load: a single-text request that finds nothing queued or running in the batcher and an
+inference thread free is tokenized and run on that thread in one hand-off, as the batch of one the batcher would
+have made of it at that moment, without the batcher's hand-offs (loop -> tokenizer thread -> loop -> batcher ->
+inference thread -> loop). When it is the only run, it runs on a session of its own that uses every core (the
+batches' runs use one core each, side by side), so a lone request is as fast as the hardware allows. Concurrent
+requests find the threads or the batcher busy and batch as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,9 +95,12 @@ class BatchedEncoder:
         batching: BatchingOptions,
         tokenize_pool: ThreadPoolExecutor,
         on_fatal: Callable[[str], None],
+        *,
+        solo_runner: OnnxRunner | None = None,
     ) -> None:
         self.version = version
         self.runner = runner
+        self._solo_runner = solo_runner  # every core on one run: for a request that runs alone
         self.max_length = version.manifest.max_sequence_length
         self._service = service
         self._label = version.label
@@ -105,6 +116,10 @@ class BatchedEncoder:
             batching.inference_threads, thread_name_prefix="onnx", initializer=inference_thread_priority
         )
         self._inference_threads = batching.inference_threads
+        # Inference threads free for a single-text request outside the batcher: taken on the loop, given back by
+        # the thread when its run ends (even when the caller left earlier).
+        self._direct_slots = threading.Semaphore(batching.inference_threads)
+        self._direct_runs = 0  # of them, awaited now (the loop's count: a lone one may use the solo runner)
         self._failures = FailureStreak(self._label, "batches", on_fatal)
         # A text's scores must not depend on the texts it is batched with: models that quantize activations per
         # run get a run of their own for every text (the batch's runs still spread over the inference threads).
@@ -143,6 +158,8 @@ class BatchedEncoder:
         measure what a run costs in padded tokens unless it was configured."""
         items = [item for item, _ in self._tokenize([WARMUP_TEXT] * self._warmup_batch_size, truncate=True)]
         self._forward(items)
+        if self._solo_runner is not None:
+            self._forward(items[:1], self._solo_runner)
         if not self.run_overhead_tokens and not self.one_text_per_run:
             self.run_overhead_tokens = self._measure_run_overhead(items[0])
 
@@ -168,6 +185,8 @@ class BatchedEncoder:
         """The output row of every text, in order, each computed as if the text were alone (batch invariance
         where the model needs it: see one_text_per_run)."""
         self.batcher.admit(len(texts), deadline)  # an overloaded replica refuses before it spends work
+        if len(texts) == 1 and self.batcher.idle and self._direct_slots.acquire(blocking=False):
+            return [await self._encode_directly(texts[0], truncate)]
         loop = asyncio.get_running_loop()
         tokenized = await loop.run_in_executor(self._tokenize_pool, self._tokenize, texts, truncate)
         rows = await self.batcher.submit_many([item for item, _ in tokenized], deadline)
@@ -175,11 +194,35 @@ class BatchedEncoder:
             EncodedText(row, item.length, truncated) for row, (item, truncated) in zip(rows, tokenized, strict=True)
         ]
 
-    def predict_batch(self, items: list[EncoderItem]) -> Awaitable[list[np.ndarray | BaseException]]:
-        """Hand the batch's runs to the inference threads now, on the loop, and return an awaitable of the
-        output row per item (the batcher delivers the previous batch's results while these run)."""
+    async def _encode_directly(self, text: str, truncate: bool) -> EncodedText:
+        """With a direct slot taken: the text on an inference thread, on the solo runner when no other direct run
+        is going on."""
+        runner = self._solo_runner if self._direct_runs == 0 and self._solo_runner is not None else self.runner
+        self._direct_runs += 1
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+        try:
+            encoded = await loop.run_in_executor(self._infer_pool, self._run_alone, text, truncate, runner)
+        except ModelFailure as failure:
+            self._failures.failed(failure)
+            raise
+        finally:
+            self._direct_runs -= 1
+        self._failures.succeeded()
+        return encoded
+
+    def _run_alone(self, text: str, truncate: bool, runner: OnnxRunner) -> EncodedText:
+        """On an inference thread: tokenize one text and run it on `runner`, recorded as a batch of one; gives
+        its direct slot back when done."""
+        try:
+            [(item, truncated)] = self._tokenize([text], truncate)
+            self._record_batch([item], time.perf_counter())
+            [row] = self._timed_forward([item], runner)
+            metrics.INFERENCE_RUNS.labels(self._service, self._label).inc()
+            return EncodedText(row, item.length, truncated)
+        finally:
+            self._direct_slots.release()
+
+    def _record_batch(self, items: list[EncoderItem], started: float) -> None:
         labels = (self._service, self._label)
         queue_duration = metrics.QUEUE_DURATION.labels(*labels)
         for item in items:
@@ -187,6 +230,12 @@ class BatchedEncoder:
         metrics.BATCH_SIZE.labels(*labels).observe(len(items))
         metrics.BATCHES.labels(*labels).inc()
         metrics.BATCH_ITEMS.labels(*labels).inc(len(items))
+
+    def predict_batch(self, items: list[EncoderItem]) -> Awaitable[list[np.ndarray | BaseException]]:
+        """Hand the batch's runs to the inference threads now, on the loop, and return an awaitable of the
+        output row per item (the batcher delivers the previous batch's results while these run)."""
+        loop = asyncio.get_running_loop()
+        self._record_batch(items, time.perf_counter())
         lengths = [item.length for item in items]
         if self.one_text_per_run:
             groups = [[index] for index in range(len(items))]
@@ -236,23 +285,28 @@ class BatchedEncoder:
     def _run_waiting(self, waiting: deque[tuple[int, list[EncoderItem]]], outputs: list[list[np.ndarray]]) -> None:
         """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output stored at
         its run's index and recorded in the run metrics."""
-        labels = (self._service, self._label)
-        inference, efficiency = metrics.INFERENCE_DURATION.labels(*labels), metrics.PADDING_EFFICIENCY.labels(*labels)
         runs = 0
         while True:
             try:
                 index, items = waiting.popleft()  # atomic: the threads share the queue without a lock
             except IndexError:
                 break
-            started = time.perf_counter()
-            outputs[index], padding_efficiency = self._forward(items)
-            inference.observe(time.perf_counter() - started)
-            efficiency.observe(padding_efficiency)
+            outputs[index] = self._timed_forward(items)
             runs += 1
-        metrics.INFERENCE_RUNS.labels(*labels).inc(runs)
+        metrics.INFERENCE_RUNS.labels(self._service, self._label).inc(runs)
 
-    def _forward(self, items: list[EncoderItem]) -> tuple[list[np.ndarray], float]:
-        """Pad the items to the longest and run them; returns their output rows and real / padded tokens."""
+    def _timed_forward(self, items: list[EncoderItem], runner: OnnxRunner | None = None) -> list[np.ndarray]:
+        """One run, recorded in inference_duration_seconds and padding_efficiency_ratio."""
+        labels = (self._service, self._label)
+        started = time.perf_counter()
+        rows, padding_efficiency = self._forward(items, runner)
+        metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        metrics.PADDING_EFFICIENCY.labels(*labels).observe(padding_efficiency)
+        return rows
+
+    def _forward(self, items: list[EncoderItem], runner: OnnxRunner | None = None) -> tuple[list[np.ndarray], float]:
+        """Pad the items to the longest and run them (on `runner`, by default the batches' runner); returns their
+        output rows and real / padded tokens."""
         width = max(item.length for item in items)
         ids = np.full((len(items), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(items), width), dtype=np.int64)
@@ -262,5 +316,5 @@ class BatchedEncoder:
             mask[row, : item.length] = 1
             type_ids[row, : item.length] = item.type_ids
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        (output,) = self.runner.run({n: available[n] for n in self._feed_names}, [self._output_name])
+        (output,) = (runner or self.runner).run({n: available[n] for n in self._feed_names}, [self._output_name])
         return list(output), float(mask.sum()) / mask.size

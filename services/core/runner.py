@@ -36,6 +36,7 @@ class RuntimeOptions:
 
     device: str = "auto"
     intra_op_threads: int = 0
+    spin: bool = False  # intra-op threads spin between parallel sections instead of sleeping
 
 
 def inference_thread_priority() -> None:
@@ -69,7 +70,7 @@ class OnnxRunner:
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
         # Spinning worker threads burn the cores the event loop and the tokenizer need between batches.
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
         try:
             self._session = ort.InferenceSession(str(path), session_options, providers=choose_providers(options.device))
         except ModelFailure:

@@ -106,3 +106,29 @@ async def test_over_long_text_is_refused_or_truncated_as_asked(model_repo: Path)
         [short, cut] = await encoder.encode(["hello", long_text], True, None)
     assert not short.truncated
     assert cut.truncated and cut.token_count == limit
+
+
+def batches_of(service: str, encoder: BatchedEncoder) -> tuple[float, float]:
+    labels = {"service": service, "model": encoder.version.label}
+    return tuple(  # type: ignore[return-value]
+        REGISTRY.get_sample_value(name, labels) or 0.0
+        for name in ("ecomserve_batches_total", "ecomserve_batch_items_total")
+    )
+
+
+async def test_a_lone_text_runs_at_once_and_concurrent_texts_still_batch(model_repo: Path) -> None:
+    """A single text that finds the batcher idle and a thread free does not wait for batch-mates (a batch of one);
+    texts that arrive while the thread is busy queue and batch together."""
+    folder = model_repo / "sentiment" / "1"
+    options = {"max_queue_delay_ms": 5000.0, "max_batch_size": len(TEXTS) - 1, "inference_threads": 1}
+    async with running_encoder(folder, **options) as (encoder, service):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        [row] = await encoder.encode([TEXTS[0]], False, None)
+        assert loop.time() - started < 2.5  # far below the 5 s a queued text would wait for its batch to fill
+        assert batches_of(service, encoder) == (1.0, 1.0)
+        np.testing.assert_allclose(row.output, run_alone(folder, TEXTS[0]), atol=1e-5)
+        answers = await asyncio.gather(*(encoder.encode([text], False, None) for text in TEXTS))
+        assert batches_of(service, encoder) == (3.0, 1.0 + len(TEXTS))  # one ran alone, the rest as one batch
+    for text, [encoded] in zip(TEXTS, answers, strict=True):
+        np.testing.assert_allclose(encoded.output, run_alone(folder, text), atol=1e-5)
