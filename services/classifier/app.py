@@ -8,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 
 from services.classifier.config import ClassifierConfig
 from services.classifier.heads import ClassifierModel, EmbedderModel
+from services.classifier.oip import InferenceServicer
 from services.classifier.servicer import ClassifierServicer
 from services.core.encoder import BatchedEncoder, BatchingOptions
 from services.core.manifest import TASK_CLASSIFICATION, TASK_EMBEDDING
@@ -20,6 +22,7 @@ from services.core.service import ModelService
 
 SERVICE = "classifier"
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
+INFERENCE_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEADS: dict[str, type[BatchedEncoder]] = {TASK_CLASSIFICATION: ClassifierModel, TASK_EMBEDDING: EmbedderModel}
 
 
@@ -48,11 +51,16 @@ class ClassifierApp(ModelService[BatchedEncoder]):
             batch_invariant=config.batch_invariant,
         )
         self._max_texts = config.max_texts_per_request
-        super().__init__(config, service=SERVICE, service_name=SERVICE_NAME, tasks=tuple(HEADS))
+        super().__init__(
+            config, service=SERVICE, service_names=[SERVICE_NAME, INFERENCE_SERVICE_NAME], tasks=tuple(HEADS)
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = ClassifierServicer(self.registry, self._max_texts)
         classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(servicer, server)
+        # The same models over the Open Inference Protocol (v2), for KServe's and Triton's clients.
+        inference = InferenceServicer(self.registry, lambda: self.server.serving, self._max_texts)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
 
     def build(self, version: ModelVersion) -> BatchedEncoder:
         runner = OnnxRunner(version.model_path, self._runtime)

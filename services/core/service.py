@@ -96,14 +96,16 @@ class ModelService(Generic[M]):
     marks the registry ready; `close` stops every model.
     """
 
-    def __init__(self, config: ModelServerConfig, *, service: str, service_name: str, tasks: tuple[str, ...]) -> None:
+    def __init__(
+        self, config: ModelServerConfig, *, service: str, service_names: list[str], tasks: tuple[str, ...]
+    ) -> None:
         self.config = config
         self.service = service
         self.tasks = tasks
         self.registry: Registry[M] = Registry()
         self.server = ServingServer(
             service=service,
-            service_names=[service_name],
+            service_names=service_names,
             address=config.address,
             max_connection_age_s=config.max_connection_age_s,
             grace_s=config.grace_period_s,

@@ -39,7 +39,7 @@ class GeneratorApp(ModelService[GeneratorModel]):
             max_stop_sequences=config.max_stop_sequences,
         )
         self._max_input_tokens = config.max_input_tokens
-        super().__init__(config, service=SERVICE, service_name=SERVICE_NAME, tasks=(TASK_GENERATION,))
+        super().__init__(config, service=SERVICE, service_names=[SERVICE_NAME], tasks=(TASK_GENERATION,))
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = GeneratorServicer(self.registry, self._limits)

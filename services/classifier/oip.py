@@ -1,0 +1,167 @@
+"""The Open Inference Protocol (v2) over gRPC for the classifier service's models, so that KServe's and Triton's
+clients (tritonclient) call them unchanged. Translation only: texts come in as a BYTES tensor named "text"
+(shape [N] or [N, 1]), and go through the same models, batching, limits and errors as Classify and Embed.
+Outputs: classification models answer "probabilities" (FP32 [N, labels], in the labels' order) and "label"
+(BYTES [N], the best one); embedding models "embeddings" (FP32 [N, dimension]). Outputs travel as raw bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from inference import grpc_predict_v2_pb2 as pb
+from inference import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from services.classifier.heads import ClassifierModel, EmbedderModel
+from services.core.encoder import BatchedEncoder
+from services.core.errors import InvalidArgument, NotFound
+from services.core.repository import Registry
+from services.core.server import deadline_of
+from services.core.texts import check_texts
+
+TEXT_INPUT = "text"
+PLATFORM = "onnxruntime_onnx"
+ANY = -1
+# A BYTES element in raw contents: its length as a 4-byte little-endian unsigned integer, then its bytes.
+LENGTH = struct.Struct("<I")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, registry: Registry[BatchedEncoder], ready: Callable[[], bool], max_texts: int) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._max_texts = max_texts
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        self._model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self._ready())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="ecomserve", version=_version())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        _, model = self._model(request.name, request.version)
+        versions = [str(v) for name, v, _, _ in self._registry if name == request.name]
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=versions,
+            platform=PLATFORM,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=TEXT_INPUT, datatype="BYTES", shape=[ANY])],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
+                for name, datatype, shape in _outputs_of(model)
+            ],
+        )
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        version, model = self._model(request.model_name, request.model_version)
+        texts = _texts(request)
+        check_texts(request.model_name, texts, self._max_texts)
+        wanted = _requested(request, model)
+        truncate = _flag(request, "truncate")
+        deadline = deadline_of(context)
+        tensors: dict[str, tuple[str, list[int], bytes]] = {}
+        if isinstance(model, EmbedderModel):
+            embedded = await model.embed(texts, truncate, _flag(request, "normalize"), deadline)
+            vectors = np.stack([e.vector for e in embedded]).astype("<f4")
+            tensors["embeddings"] = ("FP32", list(vectors.shape), vectors.tobytes())
+        else:
+            rows = np.stack([row.output for row in await model.encode(texts, truncate, deadline)]).astype("<f4")
+            tensors["probabilities"] = ("FP32", list(rows.shape), rows.tobytes())
+            labels = [model.version.manifest.labels[i].encode() for i in rows.argmax(axis=1)]
+            tensors["label"] = ("BYTES", [len(labels)], b"".join(LENGTH.pack(len(b)) + b for b in labels))
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(version), id=request.id)
+        for name in wanted:
+            datatype, shape, raw = tensors[name]
+            response.outputs.add(name=name, datatype=datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+        return response
+
+    def _model(self, name: str, version: str) -> tuple[int, BatchedEncoder]:
+        if not name:
+            raise InvalidArgument("model name is required; ModelMetadata and ListModels show what is served")
+        if version and not version.isdigit():
+            raise NotFound(f"model {name!r} has no version {version!r}; versions are whole numbers")
+        return self._registry.get(name, int(version or 0))
+
+
+def _outputs_of(model: BatchedEncoder) -> list[tuple[str, str, list[int]]]:
+    if isinstance(model, EmbedderModel):
+        return [("embeddings", "FP32", [ANY, model.dimension])]
+    assert isinstance(model, ClassifierModel)
+    return [("probabilities", "FP32", [ANY, len(model.labels)]), ("label", "BYTES", [ANY])]
+
+
+def _texts(request: pb.ModelInferRequest) -> list[str]:
+    """The "text" input's strings, from its contents or from raw_input_contents."""
+    names = [tensor.name for tensor in request.inputs]
+    if names != [TEXT_INPUT]:
+        raise InvalidArgument(f'send one input named "{TEXT_INPUT}" (BYTES, shape [N] or [N, 1]); got {names}')
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise InvalidArgument(f'input "{TEXT_INPUT}" must be BYTES (UTF-8 strings), got {tensor.datatype}')
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidArgument(f'input "{TEXT_INPUT}" must have shape [N] or [N, 1], got {shape}')
+    if request.raw_input_contents:
+        elements = _split_raw(request.raw_input_contents[0])
+    else:
+        elements = list(tensor.contents.bytes_contents)
+    if len(elements) != shape[0]:
+        raise InvalidArgument(f'input "{TEXT_INPUT}" has shape {shape} but {len(elements)} elements')
+    try:
+        return [element.decode() for element in elements]
+    except UnicodeDecodeError:
+        raise InvalidArgument(f'input "{TEXT_INPUT}" holds bytes that are not UTF-8 text') from None
+
+
+def _split_raw(raw: bytes) -> list[bytes]:
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + LENGTH.size > len(raw):
+            raise InvalidArgument("raw_input_contents ends inside an element's 4-byte length")
+        (length,) = LENGTH.unpack_from(raw, offset)
+        offset += LENGTH.size
+        if offset + length > len(raw):
+            raise InvalidArgument("raw_input_contents is shorter than an element's stated length")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _requested(request: pb.ModelInferRequest, model: BatchedEncoder) -> list[str]:
+    served = [name for name, _, _ in _outputs_of(model)]
+    wanted = [output.name for output in request.outputs] or served
+    unknown = [name for name in wanted if name not in served]
+    if unknown:
+        raise InvalidArgument(f"unknown output(s) {unknown}; model {request.model_name!r} has {served}")
+    return wanted
+
+
+def _flag(request: pb.ModelInferRequest, name: str) -> bool:
+    parameter = request.parameters.get(name)
+    if parameter is None:
+        return False
+    if parameter.WhichOneof("parameter_choice") != "bool_param":
+        raise InvalidArgument(f'parameter "{name}" must be a bool')
+    return parameter.bool_param
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ecomserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,63 @@
+"""`python -m tests.e2e.tritonclient_calls HOST:PORT`: the Open Inference Protocol calls of the e2e test, made with
+tritonclient's gRPC client and printed as JSON.
+
+It runs in a process of its own: tritonclient registers the protocol's messages (package `inference`) in the
+protobuf pool under its own file, and so does ecomserve's generated code, which the test process imports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.fixtures import TEXTS
+
+
+def text_input(texts: list[str]) -> triton.InferInput:
+    tensor = triton.InferInput("text", [len(texts)], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    return tensor
+
+
+def error_of(call: Any) -> str:
+    try:
+        call()
+    except InferenceServerException as error:
+        return f"{error.status()} {error.message()}"
+    return "no error"
+
+
+def main(address: str) -> dict[str, Any]:
+    client = triton.InferenceServerClient(address)
+    sentiment = client.infer("sentiment", [text_input(TEXTS)])
+    embed = client.infer(
+        "embed",
+        [text_input(TEXTS)],
+        outputs=[triton.InferRequestedOutput("embeddings")],
+        parameters={"truncate": True},
+    )
+    labels = sentiment.as_numpy("label")
+    return {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model_ready": client.is_model_ready("sentiment"),
+        "server": client.get_server_metadata(as_json=True),
+        "sentiment_metadata": client.get_model_metadata("sentiment", as_json=True),
+        "embed_metadata": client.get_model_metadata("embed", as_json=True),
+        "probabilities": sentiment.as_numpy("probabilities").tolist(),
+        "labels": [label.decode() for label in labels],
+        "embeddings": embed.as_numpy("embeddings").tolist(),
+        "embed_outputs": [output["name"] for output in embed.get_response(as_json=True)["outputs"]],
+        "unknown_model": error_of(lambda: client.infer("nope", [text_input(TEXTS)])),
+        "too_long": error_of(lambda: client.infer("sentiment", [text_input(["refund " * 80])])),
+        "wrong_input": error_of(lambda: client.infer("sentiment", [triton.InferInput("ids", [1], "INT64")])),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))
