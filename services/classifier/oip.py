@@ -2,7 +2,8 @@
 clients (tritonclient) call them unchanged. Translation only: texts come in as a BYTES tensor named "text"
 (shape [N] or [N, 1]), and go through the same models, batching, limits and errors as Classify and Embed.
 Outputs: classification models answer "probabilities" (FP32 [N, labels], in the labels' order) and "label"
-(BYTES [N], the best one); embedding models "embeddings" (FP32 [N, dimension]). Outputs travel as raw bytes.
+(BYTES [N], the best one; [N, top_k] with the "top_k" parameter); embedding models "embeddings" (FP32
+[N, dimension]). Outputs travel as raw bytes.
 """
 
 from __future__ import annotations
@@ -78,11 +79,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             embedded = await model.embed(texts, truncate, _flag(request, "normalize"), deadline)
             vectors = np.stack([e.vector for e in embedded]).astype("<f4")
             tensors["embeddings"] = ("FP32", list(vectors.shape), vectors.tobytes())
-        else:
+        elif isinstance(model, ClassifierModel):
+            top_k = _top_k(request, len(model.labels))
             rows = np.stack([row.output for row in await model.encode(texts, truncate, deadline)]).astype("<f4")
             tensors["probabilities"] = ("FP32", list(rows.shape), rows.tobytes())
-            labels = [model.version.manifest.labels[i].encode() for i in rows.argmax(axis=1)]
-            tensors["label"] = ("BYTES", [len(labels)], b"".join(LENGTH.pack(len(b)) + b for b in labels))
+            best = np.argsort(-rows, axis=1, kind="stable")[:, :top_k]
+            labels = [model.labels[i].encode() for i in best.reshape(-1)]
+            shape = [len(texts)] if top_k == 1 else [len(texts), top_k]
+            tensors["label"] = ("BYTES", shape, b"".join(LENGTH.pack(len(b)) + b for b in labels))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(version), id=request.id)
         for name in wanted:
             datatype, shape, raw = tensors[name]
@@ -149,6 +153,16 @@ def _requested(request: pb.ModelInferRequest, model: BatchedEncoder) -> list[str
     if unknown:
         raise InvalidArgument(f"unknown output(s) {unknown}; model {request.model_name!r} has {served}")
     return wanted
+
+
+def _top_k(request: pb.ModelInferRequest, labels: int) -> int:
+    """The "top_k" parameter (int64): how many labels "label" holds per text, best first (default 1)."""
+    parameter = request.parameters.get("top_k")
+    if parameter is None:
+        return 1
+    if parameter.WhichOneof("parameter_choice") != "int64_param" or not 1 <= parameter.int64_param <= labels:
+        raise InvalidArgument(f'parameter "top_k" must be an integer in 1..{labels} (the model\'s labels)')
+    return parameter.int64_param
 
 
 def _flag(request: pb.ModelInferRequest, name: str) -> bool:

@@ -42,6 +42,7 @@ def main(address: str) -> dict[str, Any]:
         parameters={"truncate": True},
     )
     labels = sentiment.as_numpy("label")
+    top2 = client.infer("sentiment", [text_input(TEXTS)], parameters={"top_k": 2}).as_numpy("label")
     return {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
@@ -51,6 +52,7 @@ def main(address: str) -> dict[str, Any]:
         "embed_metadata": client.get_model_metadata("embed", as_json=True),
         "probabilities": sentiment.as_numpy("probabilities").tolist(),
         "labels": [label.decode() for label in labels],
+        "top2": [[label.decode() for label in row] for row in top2],
         "embeddings": embed.as_numpy("embeddings").tolist(),
         "embed_outputs": [output["name"] for output in embed.get_response(as_json=True)["outputs"]],
         "unknown_model": error_of(lambda: client.infer("nope", [text_input(TEXTS)])),
