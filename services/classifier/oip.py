@@ -9,7 +9,6 @@ Outputs: classification models answer "probabilities" (FP32 [N, labels], in the 
 from __future__ import annotations
 
 import importlib.metadata
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +22,12 @@ from services.core.encoder import BatchedEncoder
 from services.core.errors import InvalidArgument, NotFound
 from services.core.repository import Registry
 from services.core.server import deadline_of
+from services.core.tensors import pack_bytes, unpack_bytes
 from services.core.texts import check_texts
 
 TEXT_INPUT = "text"
 PLATFORM = "onnxruntime_onnx"
 ANY = -1
-# A BYTES element in raw contents: its length as a 4-byte little-endian unsigned integer, then its bytes.
-LENGTH = struct.Struct("<I")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -86,7 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             best = np.argsort(-rows, axis=1, kind="stable")[:, :top_k]
             labels = [model.labels[i].encode() for i in best.reshape(-1)]
             shape = [len(texts)] if top_k == 1 else [len(texts), top_k]
-            tensors["label"] = ("BYTES", shape, b"".join(LENGTH.pack(len(b)) + b for b in labels))
+            tensors["label"] = ("BYTES", shape, pack_bytes(labels))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(version), id=request.id)
         for name in wanted:
             datatype, shape, raw = tensors[name]
@@ -121,7 +119,7 @@ def _texts(request: pb.ModelInferRequest) -> list[str]:
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
         raise InvalidArgument(f'input "{TEXT_INPUT}" must have shape [N] or [N, 1], got {shape}')
     if request.raw_input_contents:
-        elements = _split_raw(request.raw_input_contents[0])
+        elements = unpack_bytes(request.raw_input_contents[0])
     else:
         elements = list(tensor.contents.bytes_contents)
     if len(elements) != shape[0]:
@@ -130,20 +128,6 @@ def _texts(request: pb.ModelInferRequest) -> list[str]:
         return [element.decode() for element in elements]
     except UnicodeDecodeError:
         raise InvalidArgument(f'input "{TEXT_INPUT}" holds bytes that are not UTF-8 text') from None
-
-
-def _split_raw(raw: bytes) -> list[bytes]:
-    elements, offset = [], 0
-    while offset < len(raw):
-        if offset + LENGTH.size > len(raw):
-            raise InvalidArgument("raw_input_contents ends inside an element's 4-byte length")
-        (length,) = LENGTH.unpack_from(raw, offset)
-        offset += LENGTH.size
-        if offset + length > len(raw):
-            raise InvalidArgument("raw_input_contents is shorter than an element's stated length")
-        elements.append(raw[offset : offset + length])
-        offset += length
-    return elements
 
 
 def _requested(request: pb.ModelInferRequest, model: BatchedEncoder) -> list[str]:

@@ -16,6 +16,7 @@ from ecomserve.classifier.v1.classifier_pb2_grpc import ClassifierServiceStub
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2
 from ecomserve.generator.v1.generator_pb2_grpc import GeneratorServiceStub
+from inference.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 from services.core.server import ServingServer
 from services.core.tls import configured_credentials, watch_files
@@ -47,10 +48,11 @@ class GatewayApp:
         if keys.open:
             log.warning("no API keys: every caller is accepted (--allow-unauthenticated)")
 
-        classifier = _backend(config, "classifier", config.classifier, CLASSIFIER_SERVICE, ClassifierServiceStub)
+        classifier_stubs = [ClassifierServiceStub, GRPCInferenceServiceStub]
+        classifier = _backend(config, "classifier", config.classifier, CLASSIFIER_SERVICE, classifier_stubs)
         generator = None
         if config.generator.strip():
-            generator = _backend(config, "generator", config.generator, GENERATOR_SERVICE, GeneratorServiceStub)
+            generator = _backend(config, "generator", config.generator, GENERATOR_SERVICE, [GeneratorServiceStub])
         self.backends = [classifier] if generator is None else [classifier, generator]
         templates = PromptTemplates.load(Path(config.templates))
         self.operations = operations = GatewayOperations(
@@ -84,7 +86,7 @@ class GatewayApp:
             max_receive_bytes=config.max_request_bytes,
         )
         self._ssl_context = _ssl_context(config)
-        self.http = self._http_bridge(generator) if config.http_port >= 0 else None
+        self.http = self._http_bridge(classifier, generator) if config.http_port >= 0 else None
         self._watchers: list[asyncio.Task[None]] = []
         self._reload_events: list[asyncio.Event] = []  # one per watcher of files, set on SIGHUP
         log.info(
@@ -94,13 +96,14 @@ class GatewayApp:
         )
         log.info("prompt templates: %s", ", ".join(templates.operations()) or "none")
 
-    def _http_bridge(self, generator: Backend | None) -> HttpBridge:
+    def _http_bridge(self, classifier: Backend, generator: Backend | None) -> HttpBridge:
         config = self.config
         return HttpBridge(
             self.operations,
             self.admission,
             self.server.calls,
             lambda: {backend.name: backend.ready for backend in self.backends},
+            classifier=classifier,
             generator=generator,
             limits=HttpLimits(
                 max_body_bytes=config.max_request_bytes,
@@ -171,12 +174,12 @@ class GatewayApp:
             await backend.aclose()
 
 
-def _backend(config: GatewayConfig, name: str, addresses: str, service_name: str, stub_class: Any) -> Backend:
+def _backend(config: GatewayConfig, name: str, addresses: str, service_name: str, stubs: list[Any]) -> Backend:
     return Backend(
         name,
         addresses,
         service_name,
-        stub_class,
+        stubs,
         max_attempts=config.max_attempts,
         default_timeout_s=config.default_timeout_s,
         deadline_margin_s=config.deadline_margin_ms / 1000,

@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,7 @@ class Backend:
         name: str,
         addresses: str,
         service_name: str,
-        stub_class: Callable[[grpc.aio.Channel], Any],
+        stub_classes: Sequence[Callable[[grpc.aio.Channel], Any]],
         *,
         max_attempts: int,
         default_timeout_s: float,
@@ -150,7 +150,7 @@ class Backend:
         self.target = channel_target(addresses)
         self._default_timeout_s = default_timeout_s
         self._margin_s = deadline_margin_s
-        self._stub_class = stub_class
+        self._stub_classes = list(stub_classes)  # the services the backend serves; method names differ between them
         self.tls = tls
         self._options = [
             ("grpc.service_config", service_config(service_name, max_attempts)),
@@ -167,7 +167,7 @@ class Backend:
         if tls is not None and tls.server_name:
             self._options.append(("grpc.ssl_target_name_override", tls.server_name))
         self.channel = self._open_channel()
-        self._stub = stub_class(self.channel)
+        self._rpcs = self._rpcs_of(self.channel)
         self._renewed = asyncio.Event()
         self._retiring: set[asyncio.Task[None]] = set()  # replaced channels closing after their calls
         self.ready = False
@@ -179,6 +179,14 @@ class Backend:
         credentials = channel_credentials(self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
         return grpc.aio.secure_channel(self.target, credentials, options=self._options)
 
+    def _rpcs_of(self, channel: grpc.aio.Channel) -> dict[str, Any]:
+        """Method name -> callable over `channel`, for every service of the backend."""
+        rpcs: dict[str, Any] = {}
+        for stub_class in self._stub_classes:
+            stub = stub_class(channel)
+            rpcs.update({name: rpc for name, rpc in vars(stub).items() if not name.startswith("_")})
+        return rpcs
+
     async def renew_channel(self) -> None:
         """A new channel with the TLS files as they are now (a rotated client certificate); calls in flight
         finish on the old one, which closes after them (at most CHANNEL_CLOSE_GRACE_S). The new channel takes
@@ -187,7 +195,7 @@ class Backend:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(new.channel_ready(), RENEW_CONNECT_S)
         old, self.channel = self.channel, new
-        self._stub = self._stub_class(self.channel)
+        self._rpcs = self._rpcs_of(self.channel)
         self._renewed.set()  # `watch` follows the new channel from now on
         log.info("%s backend: new channel with the TLS files re-read", self.name)
         retiring = asyncio.create_task(old.close(CHANNEL_CLOSE_GRACE_S))  # not awaited: the next change may come
@@ -225,7 +233,7 @@ class Backend:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            rpc = getattr(self._stub, method)
+            rpc = self._rpcs[method]
             pending = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
@@ -241,7 +249,7 @@ class Backend:
         self._refuse_unless_ready(method)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        rpc = getattr(self._stub, method)
+        rpc = self._rpcs[method]
         responses = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
         try:
             async for response in responses:

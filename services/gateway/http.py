@@ -4,8 +4,9 @@ POST /v1/route-message, /v1/classify-texts, /v1/embed-texts, /v1/describe-produc
 and answer the response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or
 JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
-The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) share the port: see
-services.gateway.openai_routes.
+The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) and the Open
+Inference Protocol's REST form (/v2/...) share the port: see services.gateway.openai_routes and
+services.gateway.v2_rest.
 Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
 {"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
 """
@@ -45,6 +46,7 @@ from services.gateway.http_wire import (
 )
 from services.gateway.openai_routes import OpenAIRoutes
 from services.gateway.operations import GatewayOperations
+from services.gateway.v2_rest import V2Routes
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class HttpBridge:
         calls: InflightCalls,
         readiness: Callable[[], dict[str, bool]],
         *,
+        classifier: Backend,
         generator: Backend | None,
         limits: HttpLimits,
         ssl_context: ssl.SSLContext | None = None,
@@ -105,6 +108,7 @@ class HttpBridge:
             "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
         )
         OpenAIRoutes(calls, self._admit_call, generator, operations.embed_texts, limits.body_timeout_s).register(app)
+        V2Routes(calls, self._admit_call, classifier, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(

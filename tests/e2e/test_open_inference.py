@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.core.manifest import Manifest
-from tests.e2e.conftest import Launcher
+from tests.e2e.conftest import API_KEY, Launcher
 from tests.fixtures import TEXTS
 from tests.onnx_reference import run_alone
 
@@ -55,3 +55,30 @@ def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Pa
         answers["too_long"].startswith("StatusCode.INVALID_ARGUMENT") and "max_sequence_length" in answers["too_long"]
     )
     assert answers["wrong_input"].startswith("StatusCode.INVALID_ARGUMENT") and '"text"' in answers["wrong_input"]
+
+
+def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_repo: Path) -> None:
+    classifier = launcher.start("services.classifier", "--models", str(model_repo))
+    gateway = launcher.gateway([classifier], None)
+    classifier.wait_serving()
+    gateway.wait_serving()
+    address = gateway.http.removeprefix("http://")
+    called = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.tritonclient_calls", "--http", address, API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert called.returncode == 0, called.stderr
+    answers = json.loads(called.stdout)
+    assert answers["live"] and answers["ready"] and answers["model_ready"]
+    assert [o["name"] for o in answers["sentiment_metadata"]["outputs"]] == ["probabilities", "label"]
+    folder = model_repo / "sentiment" / "1"
+    labels = Manifest.read(folder).labels
+    for index, text in enumerate(TEXTS):
+        expected = run_alone(folder, text)
+        np.testing.assert_allclose(answers["probabilities"][index], expected, atol=1e-5)
+        assert answers["top2"][index] == [labels[i] for i in np.argsort(-expected, kind="stable")[:2]]
+    assert "nope" in answers["unknown_model"]
+    assert "API key" in answers["no_key"]  # the gateway's API keys apply to v2 too

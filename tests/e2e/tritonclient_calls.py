@@ -1,5 +1,6 @@
-"""`python -m tests.e2e.tritonclient_calls HOST:PORT`: the Open Inference Protocol calls of the e2e test, made with
-tritonclient's gRPC client and printed as JSON.
+"""`python -m tests.e2e.tritonclient_calls HOST:PORT` (gRPC, straight to the classifier) or `... --http HOST:PORT
+API_KEY` (REST, through the gateway): the Open Inference Protocol calls of the e2e tests, made with tritonclient
+and printed as JSON.
 
 It runs in a process of its own: tritonclient registers the protocol's messages (package `inference`) in the
 protobuf pool under its own file, and so does ecomserve's generated code, which the test process imports.
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from tests.fixtures import TEXTS
@@ -61,5 +63,30 @@ def main(address: str) -> dict[str, Any]:
     }
 
 
+def over_rest(address: str, api_key: str) -> dict[str, Any]:
+    """The same model through the gateway's v2 REST bridge, JSON tensors, with the API key."""
+    client = triton_http.InferenceServerClient(address)
+    auth = {"x-api-key": api_key}
+    text = triton_http.InferInput("text", [len(TEXTS)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_), binary_data=False)
+    wanted = [triton_http.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
+    result = client.infer("sentiment", [text], outputs=wanted, headers=auth, parameters={"top_k": 2})
+    return {
+        "live": client.is_server_live(headers=auth),
+        "ready": client.is_server_ready(headers=auth),
+        "model_ready": client.is_model_ready("sentiment", headers=auth),
+        "sentiment_metadata": client.get_model_metadata("sentiment", headers=auth),
+        "probabilities": result.as_numpy("probabilities").tolist(),
+        "top2": [
+            [label.decode() if isinstance(label, bytes) else label for label in row] for row in result.as_numpy("label")
+        ],
+        "unknown_model": error_of(lambda: client.infer("nope", [text], headers=auth)),
+        "no_key": error_of(lambda: client.infer("sentiment", [text], outputs=wanted)),
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    if sys.argv[1] == "--http":
+        print(json.dumps(over_rest(sys.argv[2], sys.argv[3])))
+    else:
+        print(json.dumps(main(sys.argv[1])))

@@ -1,0 +1,146 @@
+"""The Open Inference Protocol (v2) over REST on the gateway's HTTP port, forwarded to the classifier replicas over
+the protocol's gRPC form, behind the gateway's API keys and rate limits.
+
+GET /v2 (server metadata), /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}] (model metadata)
+and .../ready; POST .../infer with the JSON tensor format (`data` as a flat or nested list; the binary tensor
+extension is not supported). Errors are {"error": message} with the HTTP status of their gRPC code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+from inference import grpc_predict_v2_pb2 as pb
+
+from services.core import errors
+from services.core.inflight import InflightCalls
+from services.core.status import INTERNAL_MESSAGE
+from services.core.tensors import unpack_bytes
+from services.core.wire import REQUEST_ID
+from services.gateway.backends import Backend, CallContext
+from services.gateway.http_wire import Respond, counted_answer, read_body
+
+OK = grpc.StatusCode.OK
+BINARY_HEADER = "inference-header-content-length"
+MODEL = "/v2/models/{name}"
+VERSION = "/v2/models/{name}/versions/{version}"
+
+
+class V2Routes:
+    def __init__(
+        self,
+        calls: InflightCalls,
+        admit: Callable[[web.Request], CallContext],
+        classifier: Backend,
+        body_timeout_s: float,
+    ) -> None:
+        self._calls = calls
+        self._admit = admit  # refuses while draining, authenticates, applies the rate limit
+        self._classifier = classifier
+        self._body_timeout_s = body_timeout_s
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/v2", self._forward("ServerMetadata", lambda r: pb.ServerMetadataRequest()))
+        app.router.add_get("/v2/health/live", self._forward("ServerLive", lambda r: pb.ServerLiveRequest()))
+        app.router.add_get("/v2/health/ready", self._forward("ServerReady", lambda r: pb.ServerReadyRequest()))
+        for path in (MODEL, VERSION):
+            app.router.add_get(path, self._forward("ModelMetadata", _model_request(pb.ModelMetadataRequest)))
+            app.router.add_get(path + "/ready", self._forward("ModelReady", _model_request(pb.ModelReadyRequest)))
+            app.router.add_post(path + "/infer", self._infer)
+
+    def _forward(self, method: str, build: Callable[[web.Request], Any]) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
+                call = self._admit(request)
+                answer = await self._classifier.unary(method, build(request), call)
+                body = json_format.MessageToDict(
+                    answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                return web.json_response(body, headers={REQUEST_ID: call.request_id}), OK
+
+            return await self._answer(request, method, respond)
+
+        return handle
+
+    async def _infer(self, request: web.Request) -> web.StreamResponse:
+        async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
+            call = self._admit(request)
+            if BINARY_HEADER in request.headers:
+                raise errors.InvalidArgument("the binary tensor data extension is not supported: send JSON data")
+            try:
+                body = json.loads(await read_body(request, self._body_timeout_s) or "null")
+            except (ValueError, RecursionError):
+                raise errors.InvalidArgument("the request body is not valid JSON") from None
+            infer = infer_request(body, request.match_info["name"], request.match_info.get("version", ""))
+            answer = await self._classifier.unary("ModelInfer", infer, call)
+            return web.json_response(infer_response(answer), headers={REQUEST_ID: call.request_id}), OK
+
+        return await self._answer(request, "ModelInfer", respond)
+
+    async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
+        return await counted_answer(self._calls, method, request[REQUEST_ID], respond, error_body)
+
+
+def _model_request(message: Any) -> Callable[[web.Request], Any]:
+    return lambda request: message(name=request.match_info["name"], version=request.match_info.get("version", ""))
+
+
+def infer_request(body: Any, model: str, version: str) -> pb.ModelInferRequest:
+    """A v2 JSON inference request as the gRPC ModelInferRequest (BYTES inputs only: the classifier's)."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise errors.InvalidArgument('the body must be a JSON object with "inputs", a list of tensors')
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(body.get("id", "")))
+    for name, value in (body.get("parameters") or {}).items():
+        _set_parameter(request.parameters[name], name, value)
+    for tensor in body["inputs"]:
+        if not isinstance(tensor, dict) or tensor.get("datatype") != "BYTES":
+            raise errors.InvalidArgument('every input must be {"name", "shape", "datatype": "BYTES", "data"}')
+        data = np.asarray(tensor.get("data", []), dtype=object).reshape(-1)
+        if not all(isinstance(element, str) for element in data):
+            raise errors.InvalidArgument(f'input "{tensor.get("name")}": data must be strings')
+        item = request.inputs.add(name=str(tensor.get("name", "")), datatype="BYTES", shape=tensor.get("shape", []))
+        item.contents.bytes_contents.extend(element.encode() for element in data)
+    for output in body.get("outputs") or []:
+        request.outputs.add(name=str(output.get("name", "")) if isinstance(output, dict) else "")
+    return request
+
+
+def _set_parameter(parameter: pb.InferParameter, name: str, value: Any) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    elif isinstance(value, str):
+        parameter.string_param = value
+    else:
+        raise errors.InvalidArgument(f'parameter "{name}" must be a bool, number or string')
+
+
+def infer_response(response: pb.ModelInferResponse) -> dict[str, Any]:
+    """The gRPC ModelInferResponse as v2 JSON: each output's raw bytes as a flat `data` list."""
+    outputs = []
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if tensor.datatype == "BYTES":
+            data: list[Any] = [element.decode() for element in unpack_bytes(raw)]
+        else:
+            data = np.frombuffer(raw, dtype="<f4").tolist()
+        outputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "data": data})
+    return {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "id": response.id,
+        "outputs": outputs,
+    }
+
+
+def error_body(error: BaseException, code: grpc.StatusCode) -> dict[str, Any]:
+    """The v2 error shape; unexpected errors say only that they were logged."""
+    return {"error": INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else str(error)}
