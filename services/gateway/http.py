@@ -107,7 +107,9 @@ class HttpBridge:
         app.router.add_post(
             "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
         )
-        OpenAIRoutes(calls, self._admit_call, generator, operations.embed_texts, limits.body_timeout_s).register(app)
+        OpenAIRoutes(
+            calls, self._admit_call, classifier, generator, operations.embed_texts, limits.body_timeout_s
+        ).register(app)
         V2Routes(calls, self._admit_call, classifier, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

@@ -286,10 +286,9 @@ def usage(tokens: generator_pb2.Usage) -> dict[str, int]:
     }
 
 
-def models_list(models: list[generator_pb2.ModelInfo]) -> dict[str, Any]:
-    """GET /v1/models: one entry per generator model name the backends serve."""
-    names = sorted({model.name for model in models})
-    return {"object": "list", "data": [model_object(name) for name in names]}
+def models_list(names: list[str]) -> dict[str, Any]:
+    """GET /v1/models: one entry per model name the backends serve."""
+    return {"object": "list", "data": [model_object(name) for name in sorted(set(names))]}
 
 
 def model_object(name: str) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""OpenAIRoutes: the OpenAI-compatible endpoints on the gateway's HTTP port, over the generator backend and the
-gateway's EmbedTexts operation.
+"""OpenAIRoutes: the OpenAI-compatible endpoints on the gateway's HTTP port, over the generator backend, the
+classifier backend's model list and the gateway's EmbedTexts operation.
 
 POST /v1/chat/completions and /v1/completions (JSON, or server-sent events with `stream`), GET /v1/models and
-/v1/models/{id} (the generator models), POST /v1/embeddings (the embedding models the classifier replicas serve,
-through EmbedTexts and so with its limits). Callers authenticate with
-`Authorization: Bearer <API key>` (the gateway's keys and rate limits), calls are counted and drained like every
-other gateway call, and a client that goes away mid-stream stops its generation at once.
+/v1/models/{id} (the generator models and the embedding models the classifier replicas serve), POST
+/v1/embeddings (through EmbedTexts, and so with its limits). Callers authenticate with `Authorization: Bearer <API
+key>` (the gateway's keys and rate limits), calls are counted and drained like every other gateway call, and a
+client that goes away mid-stream stops its generation at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from ecomserve.classifier.v1 import classifier_pb2
 from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
@@ -37,12 +38,14 @@ class OpenAIRoutes:
         self,
         calls: InflightCalls,
         admit: Callable[[web.Request], CallContext],
+        classifier: Backend,
         generator: Backend | None,
         embed_texts: EmbedTexts,
         body_timeout_s: float,
     ) -> None:
         self._calls = calls
         self._admit = admit  # refuses while draining, authenticates, applies the rate limit
+        self._classifier = classifier
         self._generator = generator
         self._embed_texts = embed_texts
         self._body_timeout_s = body_timeout_s
@@ -113,8 +116,8 @@ class OpenAIRoutes:
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
             call = self._admit(request)
-            listed = await self._backend().unary("ListModels", generator_pb2.ListModelsRequest(), call)
-            models = openai.models_list(list(listed.models))
+            names = await self._model_names(call)
+            models = openai.models_list(names)
             wanted = request.match_info.get("model")
             if wanted is None:
                 return web.json_response(models, headers={REQUEST_ID: call.request_id}), OK
@@ -123,6 +126,16 @@ class OpenAIRoutes:
             return web.json_response(openai.model_object(wanted), headers={REQUEST_ID: call.request_id}), OK
 
         return await self._answer(request, "ListModels", respond)
+
+    async def _model_names(self, call: CallContext) -> list[str]:
+        """The generator models, and the embedding models the classifier replicas serve."""
+        names = []
+        if self._generator is not None:
+            listed = await self._generator.unary("ListModels", generator_pb2.ListModelsRequest(), call)
+            names += [model.name for model in listed.models]
+        listed = await self._classifier.unary("ListModels", classifier_pb2.ListModelsRequest(), call)
+        names += [model.name for model in listed.models if model.kind == classifier_pb2.MODEL_KIND_EMBEDDING]
+        return names
 
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
         return await counted_answer(self._calls, method, request[REQUEST_ID], respond, openai.error_body)

@@ -94,6 +94,7 @@ def test_openai_embeddings(embedding_stack: tuple[Process, Process], minilm_repo
         assert_meaning_and_exactness(np.array([d.embedding for d in answer.data]), minilm_repo / EMBED / "1")
     single = client.embeddings.create(model=EMBED, input="Where is my order?")
     assert len(single.data) == 1 and len(single.data[0].embedding) == 384
+    assert [model.id for model in client.models.list()] == [EMBED]  # this gateway has no generator
 
 
 def test_openai_embeddings_errors(embedding_stack: tuple[Process, Process]) -> None:
