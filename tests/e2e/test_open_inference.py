@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.core.manifest import Manifest
+from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, Launcher
+from tests.e2e.test_gateway_hardening import post
 from tests.fixtures import TEXTS
 from tests.onnx_reference import run_alone
 
@@ -82,3 +86,58 @@ def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_re
         assert answers["top2"][index] == [labels[i] for i in np.argsort(-expected, kind="stable")[:2]]
     assert "nope" in answers["unknown_model"]
     assert "API key" in answers["no_key"]  # the gateway's API keys apply to v2 too
+
+
+def test_v2_and_classify_agree_and_bad_v2_input_gets_the_protocols_errors(launcher: Launcher, model_repo: Path) -> None:
+    classifier = launcher.start("services.classifier", "--models", str(model_repo))
+    gateway = launcher.gateway([classifier], None)
+    classifier.wait_serving()
+    gateway.wait_serving()
+    texts = {"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}
+    infer = f"{gateway.http}/v2/models/sentiment/infer"
+    answer = http_client.call(infer, {"inputs": [texts]}, API_KEY)
+    assert answer.status == 200, answer.body
+    [probabilities] = [o for o in answer.body["outputs"] if o["name"] == "probabilities"]
+    with grpc.insecure_channel(classifier.address) as channel:
+        classified = classifier_pb2_grpc.ClassifierServiceStub(channel).Classify(
+            classifier_pb2.ClassifyRequest(model="sentiment", texts=TEXTS, top_k=0), timeout=30
+        )
+    labels = Manifest.read(model_repo / "sentiment" / "1").labels
+    for row, result in zip(np.reshape(probabilities["data"], probabilities["shape"]), classified.results, strict=True):
+        scores = {label.label: label.score for label in result.labels}
+        np.testing.assert_allclose(row, [scores[label] for label in labels], atol=1e-6)
+
+    bad_requests = [
+        (infer, {"inputs": [texts | {"datatype": "INT64", "data": [1, 2, 3]}]}, 400, "BYTES"),
+        (infer, {"inputs": [texts | {"shape": [2, 2]}]}, 400, "shape"),
+        (infer, {"inputs": [texts | {"name": "ids"}]}, 400, '"text"'),
+        (infer, {"inputs": []}, 400, '"text"'),
+        (infer, {"inputs": [texts | {"data": [1, 2, 3]}]}, 400, "strings"),
+        (infer, ["not", "an", "object"], 400, "inputs"),
+        (f"{gateway.http}/v2/models/nope/infer", {"inputs": [texts]}, 404, "nope"),
+        (infer, {"inputs": [texts | {"data": ["x" * (2 << 20)] * 3}]}, 413, "limit"),
+    ]
+    for url, body, status, words in bad_requests:
+        reply = http_client.call(url, body, API_KEY)
+        assert reply.status == status, (body if len(str(body)) < 200 else "2 MB body", reply.body)
+        assert words in str(reply.body["error"]), reply.body
+    status, _, body = post(gateway, "/v2/models/sentiment/infer", b"{not json", {})
+    assert status == 400 and "JSON" in body["error"]
+    with grpc.insecure_channel(classifier.address) as channel:
+        wrong_shape = pb_request_with_shape(channel, [len(TEXTS), 2])
+    assert wrong_shape.code() == grpc.StatusCode.INVALID_ARGUMENT and "shape" in (wrong_shape.details() or "")
+    assert http_client.call(infer, {"inputs": [texts]}, API_KEY).status == 200  # still serving
+
+
+def pb_request_with_shape(channel: grpc.Channel, shape: list[int]) -> grpc.RpcError:
+    """A ModelInfer over gRPC with a shape the model does not take (with ecomserve's own generated stub)."""
+    from inference import grpc_predict_v2_pb2 as v2
+    from inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+    request = v2.ModelInferRequest(model_name="sentiment")
+    request.inputs.add(name="text", datatype="BYTES", shape=shape).contents.bytes_contents.extend(
+        text.encode() for text in TEXTS
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    return refused.value
