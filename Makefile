@@ -141,6 +141,7 @@ bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m bench.export_limits --models $(MODELS) | tee bench/results/export_limits.json
 	$(PY) -m bench.classifier --models $(MODELS) | tee bench/results/classifier.json
 	$(PY) -m bench.embed --models $(MODELS) | tee bench/results/embed.json
+	$(PY) -m bench.protocols --models $(MODELS) | tee bench/results/protocols.json
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
 	$(PY) -m bench.overload --models $(MODELS) | tee bench/results/overload.json

@@ -2,7 +2,8 @@
 
 Closed loop (N callers, each sends its next request when the last one answers) or open loop (`--rate R`: Poisson
 arrivals at R requests/s, whatever the latency). `classify` sends texts from the bundled workload of e-commerce
-customer messages and reviews, `embed` the same texts to an embedding model's Embed; `generate-stream` sends
+customer messages and reviews, `embed` the same texts to an embedding model's Embed, `v2-infer` the same texts to
+the Open Inference Protocol's ModelInfer (a BYTES `text` tensor); `generate-stream` sends
 product-description and reply-draft requests (chat messages) and measures time to first token and the gaps between
 streamed tokens; `route-message` sends the workload's messages to the gateway's RouteMessage with `--api-key`;
 `chat-completions` streams the same requests as generate-stream from any OpenAI-compatible server (`--target
@@ -34,13 +35,14 @@ import grpc
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
+from inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 
 from export.defaults import EMBED, INTENT
 from export.samples import customer_messages
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
-RPCS = ("classify", "embed", "generate-stream", "route-message", "chat-completions")
-DEFAULT_MODELS = {"classify": INTENT, "route-message": INTENT, "embed": EMBED}
+RPCS = ("classify", "embed", "v2-infer", "generate-stream", "route-message", "chat-completions")
+DEFAULT_MODELS = {"classify": INTENT, "v2-infer": INTENT, "route-message": INTENT, "embed": EMBED}
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -154,6 +156,21 @@ def _embed_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Ran
     async def call() -> None:
         request = classifier_pb2.EmbedRequest(model=options.model, texts=rng.sample(texts, options.texts_per_request))
         await _timed(tally, lambda: stub.Embed(request, timeout=options.timeout_s))
+
+    return call
+
+
+def _v2_infer_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+    texts = customer_messages()
+
+    async def call() -> None:
+        request = grpc_predict_v2_pb2.ModelInferRequest(model_name=options.model)
+        chosen = rng.sample(texts, options.texts_per_request)
+        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(chosen)])
+        tensor.contents.bytes_contents.extend(text.encode() for text in chosen)
+        request.parameters["top_k"].int64_param = options.top_k
+        await _timed(tally, lambda: stub.ModelInfer(request, timeout=options.timeout_s))
 
     return call
 
@@ -274,6 +291,7 @@ def _record_stream(tally: _Tally, begun: float, arrivals: list[float], tokens: i
 BUILDERS = {
     "classify": _classify_call,
     "embed": _embed_call,
+    "v2-infer": _v2_infer_call,
     "generate-stream": _generate_stream_call,
     "route-message": _route_message_call,
     "chat-completions": _chat_completions_call,
