@@ -23,9 +23,8 @@ from typing import Any
 
 from bench.export_limits import classifier_limits
 from bench.load import LoadOptions, run_load
-from bench.targets import benchmark_main, check
+from bench.targets import benchmark_main, check, highest_version
 from export.defaults import INTENT
-from services.core.manifest import Manifest, version_folders
 from services.dev.launcher import service
 
 CONCURRENCIES = (1, 8, 32, 64)
@@ -35,12 +34,7 @@ PASSES = 2
 
 
 def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
-    versions = version_folders(models, name)
-    if not versions:
-        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
-    version = max(versions)
-    folder = versions[version]
-    manifest = Manifest.read(folder)
+    version, folder, manifest = highest_version(models, name)
     print(f"[bench] (a) in-process limit of {name} v{version}", file=sys.stderr, flush=True)
     limit = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadOptions, run_load
-from bench.targets import benchmark_main, check
+from bench.targets import benchmark_main, check, highest_version
 from export.defaults import INTENT
-from services.core.manifest import version_folders
 from services.dev.launcher import free_port, service
 
 CONCURRENCIES = (1, 32)
@@ -29,9 +28,7 @@ ROUNDS = 3  # direct and routed windows per concurrency, alternating
 
 
 def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
-    versions = version_folders(models, name)
-    if not versions:
-        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    version, _, _ = highest_version(models, name)
     api_key = secrets.token_urlsafe(16)
     quiet = ["--metrics-port", "0", "--log-level", "warning"]
     classifier_flags = ["--models", str(models), "--model-names", name, *quiet]
@@ -84,7 +81,7 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
     p50, p99 = overheads("p50"), overheads("p99")
     one_replica = statistics.median(window["throughput_rps"] for window in routed["32"])
     return {
-        "model": f"{name}/{max(versions)}",
+        "model": f"{name}/{version}",
         "direct_classify_windows": direct,
         "through_gateway_route_message_windows": routed,
         "p50_overhead_ms_by_round": p50,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadOptions, latency_summary_ms, run_load, workload
-from bench.targets import benchmark_main, check
-from services.core.manifest import Manifest, version_folders
+from bench.targets import benchmark_main, check, highest_version
+from services.core.manifest import Manifest
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 from services.dev.launcher import service
 
@@ -29,11 +29,7 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 
 
 def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
-    versions = version_folders(models, name)
-    if not versions:
-        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
-    version = max(versions)
-    manifest = Manifest.read(versions[version])
+    version, _, manifest = highest_version(models, name)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
     def load(address: str, concurrency: int, duration_s: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadOptions, run_load
-from bench.targets import benchmark_main, check
+from bench.targets import benchmark_main, check, highest_version
 from export.defaults import INTENT
 from services.core.manifest import version_folders
 from services.core.wire import DEFAULT_GENERATOR_MODEL
@@ -32,8 +32,7 @@ QUIET = ["--metrics-port", "0", "--log-level", "warning"]
 
 
 def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
-    if not version_folders(models, name):
-        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    highest_version(models, name)  # exits naming the fix when the model is missing
     report: dict[str, Any] = {"open_inference_protocol": _v2_against_classify(models, name, seconds)}
     targets = {"v2_vs_classify_c32": check(report["open_inference_protocol"]["ratio"], ">=", 0.9)}
     if version_folders(models, DEFAULT_GENERATOR_MODEL):

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.core.manifest import Manifest, version_folders
+
 
 def check(value: float, op: str, bound: float) -> dict[str, Any]:
     met = value >= bound if op == ">=" else value <= bound
@@ -33,3 +35,13 @@ def benchmark_main(
     args = parser.parse_args(argv)
     print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
     return 0
+
+
+def highest_version(models: Path, name: str) -> tuple[int, Path, Manifest]:
+    """(version, folder, manifest) of the version a service serves by default; exits naming the fix when the
+    repository has no such model."""
+    versions = version_folders(models, name)
+    if not versions:
+        raise SystemExit(f"no model {name!r} under {models}; run `python -m export defaults --out {models}`")
+    version = max(versions)
+    return version, versions[version], Manifest.read(versions[version])
