@@ -201,7 +201,13 @@ class BatchedEncoder:
         self._direct_runs += 1
         loop = asyncio.get_running_loop()
         try:
-            encoded = await loop.run_in_executor(self._infer_pool, self._run_alone, text, truncate, runner)
+            running = loop.run_in_executor(self._infer_pool, self._run_alone, text, truncate, runner)
+        except RuntimeError:  # the pool is shut down (closing): the run never starts, so its slot comes back here
+            self._direct_runs -= 1
+            self._direct_slots.release()
+            raise
+        try:
+            encoded = await running
         except ModelFailure as failure:
             self._failures.failed(failure)
             raise
