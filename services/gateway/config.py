@@ -82,7 +82,11 @@ class GatewayConfig:
     )
     http_max_connections: int = knob(1000, "open HTTP connections at most; past it a new one gets 503 and is closed")
     max_text_chars: int = knob(4000, "longest customer message or text, in characters")
-    max_texts_per_request: int = knob(64, "most texts in one ClassifyTexts or EmbedTexts request")
+    max_texts_per_request: int = knob(
+        64,
+        "most texts in one ClassifyTexts or EmbedTexts request, and in one of AnalyzeReviews' Classify calls "
+        "(keep it within the classifiers' --max-texts-per-request)",
+    )
     route_max_calls: int = knob(
         0,
         "RouteMessage's Classify calls in flight at once; messages that arrive while all are busy go out together "

@@ -1,8 +1,8 @@
 """The gateway's JSON-over-HTTP transport: the same operations as gRPC, in the proto JSON mapping.
 
-POST /v1/route-message, /v1/classify-texts, /v1/embed-texts, /v1/describe-product take the request message as JSON
-and answer the response message; POST /v1/draft-reply streams as server-sent events (Accept: text/event-stream) or
-JSON lines.
+POST /v1/route-message, /v1/classify-texts, /v1/embed-texts, /v1/describe-product, /v1/analyze-reviews take the
+request message as JSON and answer the response message; POST /v1/draft-reply and /v1/write-marketing-copy stream
+as server-sent events (Accept: text/event-stream) or JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
 The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) and the Open
 Inference Protocol's REST form (/v2/...) share the port: see services.gateway.openai_routes and
@@ -101,12 +101,20 @@ class HttpBridge:
                 gateway_pb2.DescribeProductRequest,
                 operations.describe_product,
             ),
+            "/v1/analyze-reviews": ("AnalyzeReviews", gateway_pb2.AnalyzeReviewsRequest, operations.analyze_reviews),
         }
         for path, (method, message_class, operation) in unary.items():
             app.router.add_post(path, self._unary_handler(method, message_class, operation))
-        app.router.add_post(
-            "/v1/draft-reply", self._stream_handler("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply)
-        )
+        streaming: dict[str, tuple[str, type[Message], Streaming]] = {
+            "/v1/draft-reply": ("DraftReply", gateway_pb2.DraftReplyRequest, operations.draft_reply),
+            "/v1/write-marketing-copy": (
+                "WriteMarketingCopy",
+                gateway_pb2.WriteMarketingCopyRequest,
+                operations.write_marketing_copy,
+            ),
+        }
+        for path, (method, message_class, streamed) in streaming.items():
+            app.router.add_post(path, self._stream_handler(method, message_class, streamed))
         OpenAIRoutes(
             calls, self._admit_call, classifier, generator, operations.embed_texts, limits.body_timeout_s
         ).register(app)

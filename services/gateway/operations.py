@@ -12,31 +12,19 @@ from types import SimpleNamespace as Namespace  # template variables: attributes
 
 from ecomserve.classifier.v1 import classifier_pb2
 from ecomserve.gateway.v1 import gateway_pb2
-from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
 from services.core.texts import check_texts
+from services.gateway import fields
 from services.gateway.backends import Backend, CallContext
 from services.gateway.coalescing import MessageClassifier
+from services.gateway.marketing import MarketingCopyWriter
+from services.gateway.reviews import ReviewAnalyzer, ReviewsConfig
 from services.gateway.routing import RoutingTable
-from services.gateway.templates import PromptTemplate, PromptTemplates
+from services.gateway.templates import PromptTemplates
 
-# Field limits beyond max_text_chars; the proto comments state them too.
-MAX_CHANNEL_CHARS = 64
-MAX_LOCALE_CHARS = 35
-MAX_TITLE_CHARS = 200
-MAX_CATEGORY_CHARS = 100
-MAX_ATTRIBUTES = 32
-MAX_ATTRIBUTE_KEY_CHARS = 64
-MAX_ATTRIBUTE_VALUE_CHARS = 256
-MAX_TONE_CHARS = 32
-MAX_ORDER_ITEMS = 20
-MAX_SHORT_FIELD_CHARS = 64
-MAX_STATUS_CHARS = 200
-MIN_WORDS, MAX_WORDS = 10, 300
 DEFAULT_DESCRIPTION_WORDS = 80
 DEFAULT_REPLY_WORDS = 120
-DEFAULT_TONE = "friendly"
 
 
 @dataclass(frozen=True)
@@ -48,8 +36,8 @@ class OperationLimits:
 
 
 class GatewayOperations:
-    """RouteMessage, ClassifyTexts, EmbedTexts, DescribeProduct and DraftReply over the classifier and generator
-    backends."""
+    """RouteMessage, ClassifyTexts, EmbedTexts, DescribeProduct, DraftReply, WriteMarketingCopy and AnalyzeReviews
+    over the classifier and generator backends."""
 
     def __init__(
         self,
@@ -69,6 +57,14 @@ class GatewayOperations:
         self._routing = routing
         self._templates = templates
         self._limits = limits
+        self._marketing = MarketingCopyWriter(self._generator_backend, generator_model, templates)
+        self._reviews = ReviewAnalyzer(
+            classifier,
+            self._generator_backend,
+            generator_model,
+            templates,
+            ReviewsConfig(routing.model, limits.max_texts_per_request, limits.max_text_chars),
+        )
 
     def start(self) -> None:
         """Inside the event loop, before the first call."""
@@ -82,8 +78,8 @@ class GatewayOperations:
         self, request: gateway_pb2.RouteMessageRequest, call: CallContext
     ) -> gateway_pb2.RouteMessageResponse:
         self._require_text("message", request.message)
-        _limit("channel", request.channel, MAX_CHANNEL_CHARS)
-        _limit("locale", request.locale, MAX_LOCALE_CHARS)
+        fields.limit("channel", request.channel, fields.MAX_CHANNEL_CHARS)
+        fields.limit("locale", request.locale, fields.MAX_LOCALE_CHARS)
         classified = await self._messages.classify(request.message, call)
         best = classified.labels[0]
         route = self._routing.decide(best.label, best.score)
@@ -146,37 +142,17 @@ class GatewayOperations:
     async def describe_product(
         self, request: gateway_pb2.DescribeProductRequest, call: CallContext
     ) -> gateway_pb2.DescribeProductResponse:
-        if not request.title.strip():
-            raise errors.InvalidArgument("title is required")
-        _limit("title", request.title, MAX_TITLE_CHARS)
-        _limit("category", request.category, MAX_CATEGORY_CHARS)
-        _limit("tone", request.tone, MAX_TONE_CHARS)
-        if len(request.attributes) > MAX_ATTRIBUTES:
-            raise errors.InvalidArgument(f"attributes has {len(request.attributes)} entries, over {MAX_ATTRIBUTES}")
-        for index, attribute in enumerate(request.attributes):
-            if not attribute.key.strip() or not attribute.value.strip():
-                raise errors.InvalidArgument(f"attributes[{index}] needs a non-empty key and value")
-            _limit(f"attributes[{index}].key", attribute.key, MAX_ATTRIBUTE_KEY_CHARS)
-            _limit(f"attributes[{index}].value", attribute.value, MAX_ATTRIBUTE_VALUE_CHARS)
-        max_words = _words("max_words", request.max_words, DEFAULT_DESCRIPTION_WORDS)
+        product = fields.product(request)
+        tone = fields.tone(request.tone)
+        max_words = fields.words("max_words", request.max_words, DEFAULT_DESCRIPTION_WORDS)
         template = self._templates.get("describe_product", request.template_version)
-        messages = template.render(
-            product=Namespace(
-                title=request.title.strip(),
-                category=request.category.strip(),
-                attributes=[Namespace(key=a.key.strip(), value=a.value.strip()) for a in request.attributes],
-            ),
-            tone=request.tone.strip() or DEFAULT_TONE,
-            max_words=max_words,
-        )
-        generate = self._generation(template, messages, max_words, request.seed if request.HasField("seed") else None)
+        messages = template.render(product=product, tone=tone, max_words=max_words)
+        generate = template.generation(self._generator_model, messages, max_words, _seed(request))
         response = await self._generator_backend().unary("Generate", generate, call)
         return gateway_pb2.DescribeProductResponse(
             description=response.text.strip(),
             finish_reason=response.finish_reason,
-            usage=gateway_pb2.Usage(
-                prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens
-            ),
+            usage=fields.usage(response.usage),
             template=template.name,
             model=response.model,
             model_version=response.version,
@@ -186,17 +162,19 @@ class GatewayOperations:
         self, request: gateway_pb2.DraftReplyRequest, call: CallContext
     ) -> AsyncIterator[gateway_pb2.DraftReplyResponse]:
         self._require_text("message", request.message)
-        _limit("agent_name", request.agent_name, MAX_SHORT_FIELD_CHARS)
+        fields.limit("agent_name", request.agent_name, fields.MAX_SHORT_FIELD_CHARS)
         order = request.order if request.HasField("order") else None
         if order is not None:
-            _limit("order.order_id", order.order_id, MAX_SHORT_FIELD_CHARS)
-            _limit("order.status", order.status, MAX_STATUS_CHARS)
-            if len(order.items) > MAX_ORDER_ITEMS:
-                raise errors.InvalidArgument(f"order.items has {len(order.items)} entries, over {MAX_ORDER_ITEMS}")
+            fields.limit("order.order_id", order.order_id, fields.MAX_SHORT_FIELD_CHARS)
+            fields.limit("order.status", order.status, fields.MAX_STATUS_CHARS)
+            if len(order.items) > fields.MAX_ORDER_ITEMS:
+                raise errors.InvalidArgument(
+                    f"order.items has {len(order.items)} entries, over {fields.MAX_ORDER_ITEMS}"
+                )
             for index, item in enumerate(order.items):
-                _limit(f"order.items[{index}].name", item.name, MAX_TITLE_CHARS)
-                _limit(f"order.items[{index}].status", item.status, MAX_SHORT_FIELD_CHARS)
-        max_words = _words("max_words", request.max_words, DEFAULT_REPLY_WORDS)
+                fields.limit(f"order.items[{index}].name", item.name, fields.MAX_TITLE_CHARS)
+                fields.limit(f"order.items[{index}].status", item.status, fields.MAX_SHORT_FIELD_CHARS)
+        max_words = fields.words("max_words", request.max_words, DEFAULT_REPLY_WORDS)
         template = self._templates.get("draft_reply", request.template_version)
         messages = template.render(
             message=request.message.strip(),
@@ -210,37 +188,26 @@ class GatewayOperations:
             agent_name=request.agent_name.strip(),
             max_words=max_words,
         )
-        generate = self._generation(template, messages, max_words, request.seed if request.HasField("seed") else None)
+        generate = template.generation(self._generator_model, messages, max_words, _seed(request))
         async for delta in self._generator_backend().stream("GenerateStream", generate, call):
             yield gateway_pb2.DraftReplyResponse(
                 text=delta.text,
                 finish_reason=delta.finish_reason,
-                usage=gateway_pb2.Usage(
-                    prompt_tokens=delta.usage.prompt_tokens, completion_tokens=delta.usage.completion_tokens
-                )
-                if delta.HasField("usage")
-                else None,
+                usage=fields.usage(delta.usage) if delta.HasField("usage") else None,
                 template=template.name if delta.finish_reason else "",
                 model=delta.model,
                 model_version=delta.version,
             )
 
-    def _generation(
-        self, template: PromptTemplate, messages: list[tuple[str, str]], max_words: int, seed: int | None
-    ) -> generator_pb2.GenerateRequest:
-        sampling = template.sampling
-        return generator_pb2.GenerateRequest(
-            model=self._generator_model,
-            messages=[generator_pb2.ChatMessage(role=role, content=content) for role, content in messages],
-            sampling=generator_pb2.SamplingParameters(
-                max_new_tokens=sampling.max_new_tokens(max_words),
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                repetition_penalty=sampling.repetition_penalty,
-                stop=sampling.stop,
-                seed=seed,
-            ),
-        )
+    def write_marketing_copy(
+        self, request: gateway_pb2.WriteMarketingCopyRequest, call: CallContext
+    ) -> AsyncIterator[gateway_pb2.WriteMarketingCopyResponse]:
+        return self._marketing.write(request, call)
+
+    async def analyze_reviews(
+        self, request: gateway_pb2.AnalyzeReviewsRequest, call: CallContext
+    ) -> gateway_pb2.AnalyzeReviewsResponse:
+        return await self._reviews.analyze(request, call)
 
     def _generator_backend(self) -> Backend:
         if self._generator is None:
@@ -253,17 +220,8 @@ class GatewayOperations:
     def _require_text(self, field: str, text: str) -> None:
         if not text.strip():
             raise errors.InvalidArgument(f"{field} is empty")
-        _limit(field, text, self._limits.max_text_chars)
+        fields.limit(field, text, self._limits.max_text_chars)
 
 
-def _limit(field: str, value: str, max_chars: int) -> None:
-    if len(value) > max_chars:
-        raise errors.InvalidArgument(f"{field} has {len(value)} characters, over the limit of {max_chars}")
-
-
-def _words(field: str, value: int, default: int) -> int:
-    if value == 0:
-        return default
-    if not MIN_WORDS <= value <= MAX_WORDS:
-        raise errors.InvalidArgument(f"{field} must be {MIN_WORDS}..{MAX_WORDS} (0 means {default}), got {value}")
-    return value
+def _seed(request: gateway_pb2.DescribeProductRequest | gateway_pb2.DraftReplyRequest) -> int | None:
+    return request.seed if request.HasField("seed") else None

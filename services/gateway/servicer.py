@@ -44,6 +44,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async for response in self._operations.draft_reply(request, self._admit(context)):
             yield response
 
+    async def WriteMarketingCopy(
+        self, request: gateway_pb2.WriteMarketingCopyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.WriteMarketingCopyResponse]:
+        async for response in self._operations.write_marketing_copy(request, self._admit(context)):
+            yield response
+
+    async def AnalyzeReviews(
+        self, request: gateway_pb2.AnalyzeReviewsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.AnalyzeReviewsResponse:
+        return await self._operations.analyze_reviews(request, self._admit(context))
+
     def _admit(self, context: grpc.aio.ServicerContext) -> CallContext:
         call = self._admission.admit(
             dict(context.invocation_metadata() or ()), context.time_remaining(), peer_host(context.peer())

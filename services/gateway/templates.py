@@ -1,8 +1,9 @@
-"""Versioned prompt templates, read from files: <folder>/<operation>/v<N>.toml.
+"""Versioned prompt templates, read from files: <folder>/<operation>/v<N>.toml, where an operation may have
+kinds in subfolders (marketing_copy/sms/v1.toml is version 1 of operation "marketing_copy/sms").
 
-A template holds chat messages whose contents are Jinja (sandboxed, undefined variables are errors) and the
-sampling settings that suit it. The gateway renders them into the generator's chat messages; the model's own chat
-template then turns those into its prompt.
+A template holds chat messages whose contents are Jinja (sandboxed, undefined variables are errors), the sampling
+settings that suit it and, optionally, the length its text may have. The gateway renders them into the
+generator's chat messages; the model's own chat template then turns those into its prompt.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecomserve.generator.v1 import generator_pb2
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -37,11 +39,22 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Length:
+    """How long the text of a template may be (its `[length]` table): words when the caller names none, the most
+    words a caller may ask for, and the most characters the text may hold (0: no character limit)."""
+
+    default_words: int
+    max_words: int
+    max_chars: int
+
+
+@dataclass(frozen=True)
 class PromptTemplate:
     operation: str
     version: int
     messages: tuple[tuple[str, Template], ...]
     sampling: Sampling
+    length: Length | None = None
 
     @property
     def name(self) -> str:
@@ -51,6 +64,25 @@ class PromptTemplate:
         """(role, content) chat messages; messages that render empty are left out."""
         rendered = [(role, template.render(**variables).strip()) for role, template in self.messages]
         return [(role, content) for role, content in rendered if content]
+
+    def generation(
+        self, model: str, messages: list[tuple[str, str]], max_words: int, seed: int | None
+    ) -> generator_pb2.GenerateRequest:
+        """The generator request for rendered `messages`, with this template's sampling and a token budget for
+        `max_words` words."""
+        sampling = self.sampling
+        return generator_pb2.GenerateRequest(
+            model=model,
+            messages=[generator_pb2.ChatMessage(role=role, content=content) for role, content in messages],
+            sampling=generator_pb2.SamplingParameters(
+                max_new_tokens=sampling.max_new_tokens(max_words),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                repetition_penalty=sampling.repetition_penalty,
+                stop=sampling.stop,
+                seed=seed,
+            ),
+        )
 
 
 class PromptTemplates:
@@ -65,14 +97,23 @@ class PromptTemplates:
     def load(cls, folder: Path) -> PromptTemplates:
         environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
         templates = []
-        for path in sorted(folder.glob("*/v*.toml")):
+        for path in sorted(folder.glob("**/v*.toml")):
             match = VERSION_FILE.match(path.name)
             if match:
-                templates.append(_parse(path, path.parent.name, int(match.group(1)), environment))
+                operation = path.parent.relative_to(folder).as_posix()
+                templates.append(_parse(path, operation, int(match.group(1)), environment))
         return cls(templates)
 
     def operations(self) -> list[str]:
         return sorted(self._by_operation)
+
+    def versions(self, operation: str) -> list[PromptTemplate]:
+        return [template for _, template in sorted(self._by_operation.get(operation, {}).items())]
+
+    def kinds(self, operation: str) -> list[str]:
+        """The kinds an operation has templates for: "sms" for marketing_copy/sms/v1.toml."""
+        prefix = f"{operation}/"
+        return [name.removeprefix(prefix) for name in self.operations() if name.startswith(prefix)]
 
     def get(self, operation: str, version: int = 0) -> PromptTemplate:
         versions = self._by_operation.get(operation)
@@ -91,6 +132,7 @@ def _parse(path: Path, operation: str, version: int, environment: ImmutableSandb
         data = tomllib.loads(path.read_text())
         messages = tuple((message["role"], environment.from_string(message["content"])) for message in data["messages"])
         sampling = data.get("sampling", {})
+        length = data.get("length")
         template = PromptTemplate(
             operation=operation,
             version=version,
@@ -102,10 +144,15 @@ def _parse(path: Path, operation: str, version: int, environment: ImmutableSandb
                 tokens_per_word=float(sampling.get("tokens_per_word", 1.6)),
                 stop=tuple(sampling.get("stop", ())),
             ),
+            length=None
+            if length is None
+            else Length(int(length["default_words"]), int(length["max_words"]), int(length.get("max_chars", 0))),
         )
     except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"prompt template {path}: {error}") from error
     unknown = [role for role, _ in messages if role not in ROLES]
     if unknown or not messages:
         raise ValueError(f"prompt template {path}: needs messages with roles in {ROLES}, got {unknown or 'none'}")
+    if template.length is not None and not 1 <= template.length.default_words <= template.length.max_words:
+        raise ValueError(f"prompt template {path}: [length] needs 1 <= default_words <= max_words")
     return template

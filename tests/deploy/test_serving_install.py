@@ -13,7 +13,10 @@ import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.dev.launcher import free_port, stop, wait_serving
+from services.gateway.config import PACKAGE_DIR
 from tests.deploy.manifests import DEPLOY, REPO
+
+TEMPLATES = PACKAGE_DIR / "templates"
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +45,15 @@ def test_the_serving_install_has_no_torch_and_its_own_generated_code(serving_ven
         serving_venv,
         "import services, ecomserve.gateway.v1.gateway_pb2 as pb, services.gateway.templates as t, pathlib;"
         "print(services.__file__); print(pb.__file__);"
-        "print(sorted(p.name for p in pathlib.Path(t.__file__).parent.glob('templates/*/*.toml')))",
+        "folder = pathlib.Path(t.__file__).parent / 'templates';"
+        "print(sorted(str(p.relative_to(folder)) for p in folder.glob('**/*.toml')))",
         tmp_path,
     )
     assert where.returncode == 0, where.stderr
     lines = where.stdout.splitlines()
     assert all(line.startswith(str(serving_venv)) for line in lines[:2]), lines  # not the source tree
-    assert lines[2] != "[]", "the gateway's templates must ship as package data"
+    shipped = sorted(str(path.relative_to(TEMPLATES)) for path in TEMPLATES.glob("**/*.toml"))
+    assert lines[2] == str(shipped), "every prompt template of the gateway must ship as package data"
 
 
 def test_a_classifier_from_the_serving_install_answers(serving_venv: Path, model_repo: Path, tmp_path: Path) -> None:
