@@ -144,6 +144,7 @@ bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m bench.protocols --models $(MODELS) | tee bench/results/protocols.json
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
+	$(PY) -m bench.marketing --models $(MODELS) | tee bench/results/marketing.json
 	$(PY) -m bench.overload --models $(MODELS) | tee bench/results/overload.json
 
 serve-classifier: $(PB_STAMP)

@@ -1,6 +1,7 @@
 """`make demo`: start the classifier, the generator and the gateway on the exported defaults, then through the
 gateway route sample customer messages, find reviews that say the same thing (embeddings), describe a product
-(JSON over HTTP) and stream a reply draft (gRPC); stop everything, also when something fails."""
+(JSON over HTTP), stream a reply draft (gRPC), write three variants of an SMS (gRPC) and analyze reviews with a
+summary (JSON over HTTP); stop everything, also when something fails."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -43,6 +45,18 @@ PRODUCT = {
     "maxWords": 60,
     "seed": "7",
 }
+MARKETING = gateway_pb2.WriteMarketingCopyRequest(
+    title="Merino wool hiking socks",
+    category="socks",
+    attributes=[
+        gateway_pb2.ProductAttribute(key="material", value="merino wool"),
+        gateway_pb2.ProductAttribute(key="pack", value="3 pairs"),
+    ],
+    audience="hikers",
+    channel="sms",
+    variants=3,
+    seed=7,
+)
 REPLY = gateway_pb2.DraftReplyRequest(
     message="Where is my order? It was supposed to arrive yesterday.",
     order=gateway_pb2.OrderContext(
@@ -97,6 +111,8 @@ def main() -> int:
                 similar_reviews(stub, metadata)
                 describe_product(http_port, api_key)
                 draft_reply(stub, metadata)
+                marketing_copy(stub, metadata)
+                analyze_reviews(http_port, api_key)
         return 0
     except (RuntimeError, OSError, grpc.RpcError) as error:
         print(f"\ndemo failed: {error}\n(service logs in {logs})", file=sys.stderr)
@@ -123,15 +139,19 @@ def similar_reviews(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[t
         print(f"  {review}\n    ~ {REVIEWS[closest]} ({similarity[index, closest]:.2f})")
 
 
-def describe_product(http_port: int, api_key: str) -> None:
-    print(f"\nPOST /v1/describe-product (JSON over HTTP): {PRODUCT['title']}\n")
+def post(http_port: int, api_key: str, path: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{http_port}/v1/describe-product",
-        data=json.dumps(PRODUCT).encode(),
+        f"http://127.0.0.1:{http_port}{path}",
+        data=json.dumps(body).encode(),
         headers={"content-type": "application/json", "x-api-key": api_key},
     )
     with urllib.request.urlopen(request, timeout=120) as response:
-        described = json.loads(response.read())
+        return json.loads(response.read())
+
+
+def describe_product(http_port: int, api_key: str) -> None:
+    print(f"\nPOST /v1/describe-product (JSON over HTTP): {PRODUCT['title']}\n")
+    described = post(http_port, api_key, "/v1/describe-product", PRODUCT)
     print(f"  {described['description']}\n")
     print(
         f"  [{described['template']}, {described['model']} v{described['modelVersion']}, "
@@ -146,6 +166,28 @@ def draft_reply(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple
         if message.finish_reason:
             finish = gateway_pb2.FinishReason.Name(message.finish_reason)
             print(f"\n\n  [{message.template}, {message.usage.completion_tokens} tokens, {finish}]\n")
+
+
+def marketing_copy(stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
+    print(f"WriteMarketingCopy (gRPC, streamed): 3 SMS variants for {MARKETING.title}, written together\n")
+    *_, last = stub.WriteMarketingCopy(MARKETING, metadata=metadata, timeout=120)
+    for variant in last.variants:
+        cut = ", cut to 160 characters" if variant.cut_to_limit else ""
+        tokens = variant.usage.completion_tokens
+        print(f"  {variant.index + 1}. {variant.text}\n     [seed {variant.seed}, {tokens} tokens{cut}]")
+
+
+def analyze_reviews(http_port: int, api_key: str) -> None:
+    print(f"\nPOST /v1/analyze-reviews (JSON over HTTP): {len(REVIEWS)} reviews, labels and a summary\n")
+    body = {"reviews": [{"text": review} for review in REVIEWS], "topK": 1, "summarize": True, "seed": "7",
+            "product": PRODUCT["title"], "summaryMaxWords": 60}  # fmt: skip
+    analyzed = post(http_port, api_key, "/v1/analyze-reviews", body)
+    for review, result in zip(REVIEWS, analyzed["results"], strict=True):
+        best = result["labels"][0]
+        print(f"  {review}\n    -> {best['label']} {best['score']:.2f}")
+    counts = ", ".join(f"{stat['label']} x{stat['count']}" for stat in analyzed["labels"])
+    summary = analyzed["summary"]
+    print(f"\n  best labels: {counts}\n\n  summary of {summary['reviewsUsed']} reviews: {summary['text']}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tail of its log; every child is stopped when its fixture ends.
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from ecomserve.gateway.v1 import gateway_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.dev.launcher import free_port, spawn, stop, wait_serving
 from services.gateway.auth import hash_key
@@ -142,3 +144,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, generator_
 def gateway_stub(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
     with grpc.insecure_channel(stack.gateway.address) as channel:
         yield gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+def cancelled_sequences(metrics_port: int) -> float:
+    """The generator's count of sequences that ended cancelled (their caller went away), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ecomserve_finished_sequences_total" and sample.labels["finish_reason"] == "cancelled"
+    )

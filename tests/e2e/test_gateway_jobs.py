@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,11 @@ import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from google.protobuf import json_format
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.dev.launcher import free_port
 from services.gateway.config import PACKAGE_DIR
 from tests.e2e import http_client
-from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process
+from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process, cancelled_sequences
 
 pytestmark = pytest.mark.e2e
 
@@ -170,27 +168,16 @@ def test_bad_marketing_requests(jobs: Jobs, fields: dict, code: grpc.StatusCode,
 
 
 def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
-    before = cancelled_sequences(jobs)
+    before = cancelled_sequences(jobs.generator_metrics_port)
     stream = jobs.stub.WriteMarketingCopy(
         marketing(channel="email_body", variants=8, maxWords=300, seed="5"), metadata=AUTH, timeout=120
     )
     next(stream)
     stream.cancel()
     deadline = time.monotonic() + 15
-    while cancelled_sequences(jobs) < before + 8:
+    while cancelled_sequences(jobs.generator_metrics_port) < before + 8:
         assert time.monotonic() < deadline, "variants went on after their caller left"
         time.sleep(0.1)
-
-
-def cancelled_sequences(jobs: Jobs) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{jobs.generator_metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "ecomserve_finished_sequences_total" and sample.labels["finish_reason"] == "cancelled"
-    )
 
 
 REVIEWS = [

@@ -4,18 +4,16 @@ front of a real generator on a tiny model; errors arrive as the SDK's typed exce
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import openai
 import pytest
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.dev.launcher import free_port
 from tests.e2e import http_client
-from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Stack
+from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Stack, cancelled_sequences
 
 pytestmark = pytest.mark.e2e
 
@@ -141,17 +139,7 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(
     next(iter(stream))
     stream.close()  # the connection goes away mid-generation
 
-    def cancelled() -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "ecomserve_finished_sequences_total" and sample.labels["finish_reason"] == "cancelled"
-        )
-
     deadline = time.monotonic() + 10
-    while cancelled() < 1:
+    while cancelled_sequences(metrics_port) < 1:
         assert time.monotonic() < deadline, "the generation went on after its client left"
         time.sleep(0.1)
