@@ -148,8 +148,13 @@ def _refuse_undecodable(request: Any) -> None:
         )
 
 
+# How a call ends when its caller goes away: cancelled while it waits, or (a stream) closed with GeneratorExit when
+# gRPC cannot write the next message to a peer that is gone. Neither is the server's failure.
+CALLER_GONE = (asyncio.CancelledError, GeneratorExit)
+
+
 def _code_for(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, CALLER_GONE):
         return grpc.StatusCode.CANCELLED
     if isinstance(error, grpc.aio.AbortError):
         return context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[return-value]
@@ -159,8 +164,8 @@ def _code_for(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.S
 async def _reraise_or_abort(
     error: BaseException, code: grpc.StatusCode, context: grpc.aio.ServicerContext, method: str
 ) -> None:
-    """Abort with the mapped status; cancellations and explicit aborts propagate unchanged."""
-    if isinstance(error, (asyncio.CancelledError, grpc.aio.AbortError)):
+    """Abort with the mapped status; a caller gone and explicit aborts propagate unchanged."""
+    if isinstance(error, (*CALLER_GONE, grpc.aio.AbortError)):
         raise error
     if code is grpc.StatusCode.INTERNAL:
         request_id = dict(context.invocation_metadata() or ()).get(wire.REQUEST_ID, "-")

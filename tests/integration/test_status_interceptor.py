@@ -1,0 +1,64 @@
+"""The status interceptor on a real grpc.aio server: a caller that goes away from a stream while the server is
+writing to it ends the call as CANCELLED, never as an INTERNAL failure with a logged traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from services.core import metrics
+from services.core.inflight import InflightCalls
+from services.core.status import StatusInterceptor
+
+SERVICE = "interceptor-test"
+METHOD = "/ecomserve.test.v1.Probe/Stream"  # a served prefix: the interceptor wraps it
+
+
+async def endless(request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    """As fast as gRPC takes them: the caller's cancel finds the server in the middle of a write."""
+    while True:
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def count(code: str) -> float:
+    return metrics.REQUESTS.labels(SERVICE, "Stream", code)._value.get()
+
+
+async def test_a_caller_leaving_a_stream_mid_write_is_cancelled_not_internal(caplog: pytest.LogCaptureFixture) -> None:
+    server = grpc.aio.server(interceptors=[StatusInterceptor(InflightCalls(SERVICE))])
+    handler = grpc.unary_stream_rpc_method_handler(
+        endless,
+        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("ecomserve.test.v1.Probe", {"Stream": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    calls = 20
+    cancelled_before, internal_before = count("CANCELLED"), count("INTERNAL")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stream = channel.unary_stream(
+                METHOD,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            for _ in range(calls):
+                call = stream(health_pb2.HealthCheckRequest())
+                await call.read()
+                call.cancel()
+            for _ in range(200):  # the server learns of each cancel asynchronously
+                if count("CANCELLED") - cancelled_before == calls:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await server.stop(0)
+    assert count("CANCELLED") - cancelled_before == calls
+    assert count("INTERNAL") == internal_before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a caller leaving is not a server error"
