@@ -8,8 +8,12 @@ product-description and reply-draft requests (chat messages) and measures time t
 streamed tokens; `route-message` sends the workload's messages to the gateway's RouteMessage with `--api-key`;
 `chat-completions` streams the same requests as generate-stream from any OpenAI-compatible server (`--target
 http://HOST:PORT`, `--api-key` as its Bearer key), so that ecomserve and other servers are measured the same way.
-Calls that start during `--warmup` are not counted.
-Prints a progress line every second on stderr and the report as JSON on stdout (and to `--json FILE`).
+The other gateway operations: `classify-texts`, `embed-texts`, `describe-product`, `draft-reply` (streamed: time to
+first piece and gaps), `write-marketing-copy` (streamed, `--variants`) and `analyze-reviews` (`--texts-per-request`
+reviews). `--tls-ca-file` (with `--tls-cert-file`/`--tls-key-file` for mutual TLS) connects over TLS, also to an
+https:// target. Calls that start during `--warmup` are not counted.
+Prints a progress line every second on stderr and the report as JSON on stdout (and to `--json FILE`); exits 1 when
+no call succeeded.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import itertools
 import json
 import os
 import random
+import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,8 +46,30 @@ from export.defaults import EMBED, INTENT
 from export.samples import customer_messages
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 
-RPCS = ("classify", "embed", "v2-infer", "generate-stream", "route-message", "chat-completions")
-DEFAULT_MODELS = {"classify": INTENT, "v2-infer": INTENT, "route-message": INTENT, "embed": EMBED}
+RPCS = (
+    "classify",
+    "embed",
+    "v2-infer",
+    "generate-stream",
+    "route-message",
+    "classify-texts",
+    "embed-texts",
+    "describe-product",
+    "draft-reply",
+    "write-marketing-copy",
+    "analyze-reviews",
+    "chat-completions",
+)
+STREAMS = ("generate-stream", "draft-reply", "write-marketing-copy", "chat-completions")  # token reports
+DEFAULT_MODELS = {
+    "classify": INTENT,
+    "v2-infer": INTENT,
+    "route-message": INTENT,
+    "classify-texts": INTENT,
+    "analyze-reviews": INTENT,
+    "embed": EMBED,
+    "embed-texts": EMBED,
+}
 # Open loop keeps at most this many calls outstanding so an overloaded server cannot exhaust the client.
 MAX_OUTSTANDING = 10_000
 
@@ -72,6 +99,30 @@ class LoadOptions:
     seed: int = 0
     progress: bool = True
     api_key: str = ""
+    variants: int = 3
+    tls: Tls | None = None
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The CA that signed the target's certificate, and a client certificate for mutual TLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.ca_file.read_bytes(),
+            self.key_file.read_bytes() if self.key_file else None,
+            self.cert_file.read_bytes() if self.cert_file else None,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 Call = Callable[[], Awaitable[None]]
@@ -132,7 +183,11 @@ def _connect(options: LoadOptions) -> Any:
     """A gRPC channel to HOST:PORT, or for chat-completions an HTTP session to the base URL of an OpenAI API."""
     if options.rpc == "chat-completions":
         headers = {"authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-        return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=MAX_OUTSTANDING))
+        ssl_context = options.tls.ssl_context() if options.tls else None
+        connector = aiohttp.TCPConnector(limit=MAX_OUTSTANDING, ssl=ssl_context if ssl_context else True)
+        return aiohttp.ClientSession(headers=headers, connector=connector)
+    if options.tls:
+        return grpc.aio.secure_channel(options.target, options.tls.grpc_credentials())
     return grpc.aio.insecure_channel(options.target)
 
 
@@ -185,15 +240,72 @@ async def _timed(tally: _Tally, start: Callable[[], Awaitable[Any]]) -> None:
         tally.record(begun, error.code().name)
 
 
-def _route_message_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
-    """The gateway's RouteMessage: one workload message per call, with the API key."""
-    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    texts = customer_messages()
+PRODUCTS = [
+    ("Merino wool hiking socks", "socks", "material", "merino wool"),
+    ("Trail running shoe", "running shoes", "weight", "260 g"),
+    ("Stainless steel water bottle", "drinkware", "capacity", "750 ml"),
+    ("Noise-cancelling headphones", "audio", "battery", "30 hours"),
+]
+
+
+def _words(options: LoadOptions) -> int:
+    """The word budget of a gateway operation whose tokens come near --max-new-tokens (1.6 tokens a word, + 8)."""
+    return max(10, min(300, int((options.max_new_tokens - 8) / 1.6)))
+
+
+def _product(rng: random.Random) -> dict[str, Any]:
+    title, category, key, value = rng.choice(PRODUCTS)
+    return {"title": title, "category": category, "attributes": [gateway_pb2.ProductAttribute(key=key, value=value)]}
+
+
+def _gateway_request(options: LoadOptions, rng: random.Random, texts: list[str]) -> Any:
+    """The request of the gateway operation --rpc, with texts from the workload and a random seed."""
+    chosen = rng.sample(texts, options.texts_per_request)
+    seed = rng.getrandbits(32)
+    match options.rpc:
+        case "route-message":
+            return gateway_pb2.RouteMessageRequest(message=chosen[0])
+        case "classify-texts":
+            return gateway_pb2.ClassifyTextsRequest(model=options.model, texts=chosen, top_k=options.top_k)
+        case "embed-texts":
+            return gateway_pb2.EmbedTextsRequest(model=options.model, texts=chosen)
+        case "describe-product":
+            return gateway_pb2.DescribeProductRequest(**_product(rng), max_words=_words(options), seed=seed)
+        case "draft-reply":
+            return gateway_pb2.DraftReplyRequest(message=chosen[0], max_words=_words(options), seed=seed)
+        case "write-marketing-copy":
+            return gateway_pb2.WriteMarketingCopyRequest(
+                **_product(rng), channel="email_body", max_words=_words(options), variants=options.variants, seed=seed
+            )
+        case "analyze-reviews":
+            reviews = [gateway_pb2.Review(text=text) for text in chosen]
+            return gateway_pb2.AnalyzeReviewsRequest(reviews=reviews, model=options.model, top_k=options.top_k)
+    raise ValueError(f"{options.rpc} is not a gateway operation")
+
+
+GATEWAY_METHODS = {
+    "route-message": "RouteMessage",
+    "classify-texts": "ClassifyTexts",
+    "embed-texts": "EmbedTexts",
+    "describe-product": "DescribeProduct",
+    "draft-reply": "DraftReply",
+    "write-marketing-copy": "WriteMarketingCopy",
+    "analyze-reviews": "AnalyzeReviews",
+}
+
+
+def _gateway_call(channel: grpc.aio.Channel, options: LoadOptions, rng: random.Random, tally: _Tally) -> Call:
+    """A gateway operation with the API key: unary ones timed to their answer, streamed ones as streams."""
+    rpc = getattr(gateway_pb2_grpc.GatewayServiceStub(channel), GATEWAY_METHODS[options.rpc])
     metadata = (("x-api-key", options.api_key),) if options.api_key else ()
+    texts = customer_messages()
 
     async def call() -> None:
-        request = gateway_pb2.RouteMessageRequest(message=rng.choice(texts))
-        await _timed(tally, lambda: stub.RouteMessage(request, timeout=options.timeout_s, metadata=metadata))
+        request = _gateway_request(options, rng, texts)
+        if options.rpc in STREAMS:
+            await _streamed(tally, lambda: rpc(request, timeout=options.timeout_s, metadata=metadata))
+        else:
+            await _timed(tally, lambda: rpc(request, timeout=options.timeout_s, metadata=metadata))
 
     return call
 
@@ -214,19 +326,31 @@ def _generate_stream_call(channel: grpc.aio.Channel, options: LoadOptions, rng: 
                 seed=rng.getrandbits(32),
             ),
         )
-        begun = time.perf_counter()
-        arrivals: list[float] = []
-        tokens = 0
-        try:
-            async for message in stub.GenerateStream(request, timeout=options.timeout_s):
-                arrivals.append(time.perf_counter())
-                tokens = message.usage.completion_tokens or tokens
-        except grpc.aio.AioRpcError as error:
-            tally.record(begun, error.code().name)
-            return
-        _record_stream(tally, begun, arrivals, tokens)
+        await _streamed(tally, lambda: stub.GenerateStream(request, timeout=options.timeout_s))
 
     return call
+
+
+async def _streamed(tally: _Tally, start: Callable[[], AsyncIterator[Any]]) -> None:
+    """Start one server-streaming call and record when its messages arrived and the tokens it generated."""
+    begun = time.perf_counter()
+    arrivals: list[float] = []
+    tokens = 0
+    try:
+        async for message in start():
+            arrivals.append(time.perf_counter())
+            tokens = _completion_tokens(message) or tokens
+    except grpc.aio.AioRpcError as error:
+        tally.record(begun, error.code().name)
+        return
+    _record_stream(tally, begun, arrivals, tokens)
+
+
+def _completion_tokens(message: Any) -> int:
+    """Tokens generated, from a stream's last message: its usage, or its variants' (marketing copy)."""
+    if "variants" in message.DESCRIPTOR.fields_by_name:
+        return sum(variant.usage.completion_tokens for variant in message.variants)
+    return int(message.usage.completion_tokens) if message.HasField("usage") else 0
 
 
 def _chat_completions_call(
@@ -293,8 +417,8 @@ BUILDERS = {
     "embed": _embed_call,
     "v2-infer": _v2_infer_call,
     "generate-stream": _generate_stream_call,
-    "route-message": _route_message_call,
     "chat-completions": _chat_completions_call,
+    **dict.fromkeys(GATEWAY_METHODS, _gateway_call),
 }
 
 
@@ -343,18 +467,18 @@ async def _report_progress(tally: _Tally, stop_at: float) -> None:
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
     index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
     return sorted_values[index]
 
 
-def latency_summary_ms(latencies: list[float]) -> dict[str, float]:
+def latency_summary_ms(latencies: list[float]) -> dict[str, float | None]:
+    """p50/p90/p95/p99/max/mean in ms; null (JSON has no NaN) when nothing was measured."""
     ordered = sorted(latencies)
-    summary = {f"p{int(q * 100)}": round(percentile(ordered, q) * 1000, 3) for q in (0.5, 0.9, 0.95, 0.99)}
-    summary["max"] = round(ordered[-1] * 1000, 3) if ordered else float("nan")
-    summary["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else float("nan")
-    return summary
+    names = [f"p{int(q * 100)}" for q in (0.5, 0.9, 0.95, 0.99)] + ["max", "mean"]
+    if not ordered:
+        return dict.fromkeys(names, None)
+    values = [percentile(ordered, q) for q in (0.5, 0.9, 0.95, 0.99)] + [ordered[-1], sum(ordered) / len(ordered)]
+    return {name: round(value * 1000, 3) for name, value in zip(names, values, strict=True)}
 
 
 def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
@@ -376,7 +500,7 @@ def _summary(options: LoadOptions, tally: _Tally) -> dict[str, Any]:
         "codes": dict(tally.codes),
         "error_latency_ms": {code: latency_summary_ms(times) for code, times in tally.error_latencies.items()},
     }
-    if options.rpc in ("generate-stream", "chat-completions"):
+    if options.rpc in STREAMS:
         report.update(
             {
                 "max_new_tokens": options.max_new_tokens,
@@ -412,12 +536,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each Classify or Embed")
     parser.add_argument("--top-k", type=int, default=3, help="labels per text in each answer (0: all)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generate-stream: tokens per request")
-    parser.add_argument("--temperature", type=float, default=0.7, help="generate-stream: sampling temperature")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="generate-stream, chat-completions: sampling temperature"
+    )
+    parser.add_argument("--top-p", type=float, default=0.9, help="generate-stream, chat-completions: nucleus top_p")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.2, help="generate-stream: repetition penalty (1: off)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the load's choices and of the sampling seeds")
+    parser.add_argument("--variants", type=int, default=3, help="write-marketing-copy: variants per call")
+    parser.add_argument("--tls-ca-file", type=Path, help="connect over TLS, trusting this CA")
+    parser.add_argument("--tls-cert-file", type=Path, help="with --tls-ca-file: client certificate (mutual TLS)")
+    parser.add_argument("--tls-key-file", type=Path, help="with --tls-cert-file: its private key")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     parser.add_argument(
         "--api-key",
         default=os.environ.get("ECOMSERVE_API_KEY", ""),
-        help="route-message, chat-completions: the gateway API key [env ECOMSERVE_API_KEY]",
+        help="gateway operations, chat-completions: the gateway API key [env ECOMSERVE_API_KEY]",
     )
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
@@ -436,15 +571,23 @@ def main(argv: list[str] | None = None) -> int:
                 top_k=args.top_k,
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
+                top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty,
+                seed=args.seed,
                 timeout_s=args.timeout,
                 api_key=args.api_key,
+                variants=args.variants,
+                tls=Tls(args.tls_ca_file, args.tls_cert_file, args.tls_key_file) if args.tls_ca_file else None,
             )
         )
     )
-    text = json.dumps(report, indent=2)
+    text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if not report["requests_ok"]:
+        print(f"no call succeeded ({report['codes'] or 'none completed'})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
-from services.core import metrics, wire
+from services.core import errors, metrics, wire
 from services.core.inflight import InflightCalls
 from services.core.listener import serve_metrics
 from services.core.status import StatusInterceptor
@@ -31,6 +31,10 @@ QUIET_PERIOD_S = 0.3
 # The grpc.health.v1 name of liveness probes: SERVING from bind to exit, loading and draining included, so that
 # Kubernetes restarts only a process that no longer answers (readiness probes use the service's own name).
 LIVENESS_SERVICE = "liveness"
+# What goes wrong at start by the configuration or the machine, not by a bug (a missing model repository, a port
+# in use, a file that does not parse): one line naming the cause and the fix, no traceback, exit code 2.
+STARTUP_ERRORS = (errors.ModelFailure, OSError, ValueError)
+STARTUP_EXIT_CODE = 2
 
 
 class ServingServer:
@@ -96,12 +100,18 @@ class ServingServer:
 
     async def start(self) -> int:
         """Bind and start; health is NOT_SERVING until set_serving(True). Returns the bound port."""
-        if self._credentials is None:
-            self.port = self.server.add_insecure_port(self._address)
-        else:
-            self.port = self.server.add_secure_port(self._address, self._credentials)
+        try:
+            if self._credentials is None:
+                self.port = self.server.add_insecure_port(self._address)
+            else:
+                self.port = self.server.add_secure_port(self._address, self._credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self._address}")
+            raise OSError(
+                f"cannot listen on {self._address}: the port is in use (perhaps as another socket's local port) or "
+                f"the address is not this machine's; choose another with {listen_flags(self.service, 'port')}"
+            )
         await self.set_serving(False)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
@@ -148,6 +158,11 @@ class ServingServer:
         await self.server.stop(0.5)
 
 
+def listen_flags(component: str, field_name: str) -> str:
+    """How a user sets a listening knob: its flag and its environment twin."""
+    return f"--{field_name.replace('_', '-')} (or {config_parsing.env_name(component, field_name)})"
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The caller's deadline as an absolute event-loop time, or None when the caller set none."""
     remaining = context.time_remaining()
@@ -166,15 +181,25 @@ async def run_until_signal(
     stopping = server.stopping
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    port = await server.start()
+    try:
+        port = await server.start()
+    except OSError as error:
+        log.error("cannot start %s: %s", server.service, error)
+        return STARTUP_EXIT_CODE
     log.info("%s listening on port %d (NOT_SERVING until ready)", server.service, port)
     loading = loop.create_task(load())
     stop_wait = loop.create_task(stopping.wait())
     await asyncio.wait({loading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if loading.done():
-        if loading.exception() is not None:
-            log.error("loading failed; exiting", exc_info=loading.exception())
+        failure = loading.exception()
+        if isinstance(failure, STARTUP_ERRORS):  # nothing was served: stop without draining
+            log.error("cannot start %s: %s", server.service, failure)
+            await server.server.stop(0)
+            await close()
+            return STARTUP_EXIT_CODE
+        if failure is not None:
+            log.error("loading failed; exiting", exc_info=failure)
             exit_code = 1
             stopping.set()
         else:
@@ -218,15 +243,21 @@ def serve_main(
     try:
         serve_metrics(config.metrics_host, config.metrics_port)
     except OSError as error:
-        log.error("cannot serve /metrics on %s:%d: %s", config.metrics_host, config.metrics_port, error)
-        return 2
+        log.error(
+            "cannot serve /metrics on %s:%d (%s); choose another port with %s",
+            config.metrics_host,
+            config.metrics_port,
+            error.strerror or error,
+            listen_flags(component, "metrics_port"),
+        )
+        return STARTUP_EXIT_CODE
 
     async def serve() -> int:
         try:
             app = make_app(config)  # inside the loop: the app's server and batchers bind to it
-        except (ValueError, OSError) as error:  # a bad file named by the config: say which, without a traceback
+        except STARTUP_ERRORS as error:  # a bad file named by the config: say which, without a traceback
             log.error("cannot start %s: %s", component, error)
-            return 2
+            return STARTUP_EXIT_CODE
         return await run_until_signal(app.server, load=app.load, close=app.close, grace_s=config.grace_period_s)
 
     return asyncio.run(serve())

@@ -40,6 +40,10 @@ class Ports:
     prometheus: int = 9090
 
 
+# The project's recording and alert rules (as the deployments load them), so the README's alerts run locally too.
+RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "rules.yaml"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m services.dev.stack", description=__doc__)
     parser.add_argument("command", choices=["up", "down"])
@@ -52,14 +56,14 @@ def main() -> int:
     return up(args.run_dir, args.models, args.prometheus) if args.command == "up" else down(args.run_dir)
 
 
-def up(run: Path, models: Path, prometheus: str | None) -> int:
+def up(run: Path, models: Path, prometheus: str | None, ports: Ports | None = None) -> int:
     if _running(run):
         print(f"the stack is already up (pids in {run / STATE_FILE}); `make down` stops it")
         return 0
     if prometheus is None or shutil.which(prometheus) is None:
         print("no prometheus binary (`make up` unpacks the Debian package `prometheus`)", file=sys.stderr)
         return 1
-    ports = Ports()
+    ports = ports or Ports()
     run.mkdir(parents=True, exist_ok=True)
     api_key_file = run / "api-key"
     if not api_key_file.exists():
@@ -83,12 +87,13 @@ def up(run: Path, models: Path, prometheus: str | None) -> int:
     ]  # fmt: skip
     pids: dict[str, int] = {}
     try:
-        for name, flags in services:
-            child = spawn(f"services.{name}", *host, *flags, detached=True, log=run / f"{name}.log")
-            pids[name] = child.pid
+        for starting, flags in services:
+            child = spawn(f"services.{starting}", *host, *flags, detached=True, log=run / f"{starting}.log")
+            pids[starting] = child.pid
             _save(run, pids, ports)
-            print(f"starting {name} ...", flush=True)
-            wait_serving(f"127.0.0.1:{flags[1]}", child, 300, name)
+            print(f"starting {starting} ...", flush=True)
+            wait_serving(f"127.0.0.1:{flags[1]}", child, 300, starting)
+        starting = "prometheus"
         with (run / "prometheus.log").open("ab") as log:
             pids["prometheus"] = subprocess.Popen(
                 [
@@ -104,7 +109,12 @@ def up(run: Path, models: Path, prometheus: str | None) -> int:
             ).pid
         _save(run, pids, ports)
     except (RuntimeError, OSError) as error:
-        print(f"make up failed: {error}; stopping what started (logs in {run})", file=sys.stderr)
+        print(f"make up failed: {error}", file=sys.stderr)
+        failed_log = run / f"{starting}.log"
+        cause = _last_error(failed_log)
+        if cause:
+            print(f"  {cause}", file=sys.stderr)
+        print(f"(the whole log: {failed_log}; the others' in {run}/) stopping what started", file=sys.stderr)
         down(run)
         return 1
     print(
@@ -166,6 +176,12 @@ def _running(run: Path) -> bool:
     return state is not None and any(_alive(pid) for pid in state["pids"].values())
 
 
+def _last_error(log: Path) -> str | None:
+    """The last ERROR or CRITICAL line of a service's log: what stopped it, in its own words."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return next((line for line in reversed(lines) if " ERROR " in line or " CRITICAL " in line), None)
+
+
 def _load(run: Path) -> dict[str, Any] | None:
     path = run / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -186,8 +202,10 @@ def _write_prometheus_config(path: Path, ports: Ports) -> None:
         for job, port in jobs.items()
     )
     path.write_text(
-        "# Written by `make up`: Prometheus scraping the local ecomserve stack.\n"
-        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n" + scrape
+        "# Written by `make up`: Prometheus scraping the local ecomserve stack and evaluating its alert rules.\n"
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
+        f"rule_files:\n  - {RULES_FILE.resolve()}\n"
+        "scrape_configs:\n" + scrape
     )
 
 

@@ -18,7 +18,7 @@ from ecomserve.generator.v1 import generator_pb2
 from ecomserve.generator.v1.generator_pb2_grpc import GeneratorServiceStub
 from inference.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-from services.core.server import ServingServer
+from services.core.server import ServingServer, listen_flags
 from services.core.tls import configured_credentials, watch_files
 from services.gateway.admission import SERVICE, Admission
 from services.gateway.auth import ApiKeys, RateLimiter
@@ -126,7 +126,13 @@ class GatewayApp:
         if config.backend_tls is not None:
             self._follow(config.backend_tls.paths, self._renew_backend_channels)
         if self.http is not None:
-            port = await self.http.start(self.config.host, self.config.http_port)
+            try:
+                port = await self.http.start(config.host, config.http_port)
+            except OSError as error:
+                raise OSError(
+                    f"cannot listen for HTTP on {config.host}:{config.http_port} ({error.strerror or error}); "
+                    f"choose another port with {listen_flags('gateway', 'http_port')}"
+                ) from None
             log.info("gateway HTTP on port %d", port)
 
     def _load_keys(self) -> ApiKeys:

@@ -5,9 +5,12 @@ input gets its status; the README's JSON examples run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from google.protobuf import json_format
 
+from bench.load import DEFAULT_MODELS, GATEWAY_METHODS, LoadOptions, run_load
 from services.dev.launcher import free_port
 from services.gateway.config import PACKAGE_DIR
 from tests.e2e import http_client
@@ -305,3 +309,34 @@ def test_the_readme_json_examples_run(jobs: Jobs) -> None:
             reply = http_client.call(f"{jobs.gateway.http}{path}", request, API_KEY)
             assert reply.status == 200, reply.body
             assert len(reply.body["results"]) == len(request["reviews"])
+
+
+@pytest.mark.parametrize("rpc", [rpc for rpc in GATEWAY_METHODS if rpc != "route-message"])
+def test_the_load_generator_drives_every_gateway_operation(jobs: Jobs, rpc: str) -> None:
+    options = LoadOptions(
+        target=jobs.gateway.address,
+        rpc=rpc,
+        model=DEFAULT_MODELS.get(rpc, "") if rpc != "embed-texts" else "embed",
+        concurrency=2,
+        duration_s=1,
+        warmup_s=0,
+        max_new_tokens=24,
+        texts_per_request=2,
+        api_key=API_KEY,
+        progress=False,
+    )
+    report = asyncio.run(run_load(options))
+    assert report["requests_ok"] > 0 and set(report["codes"]) == {"OK"}, report["codes"]
+    if rpc in ("draft-reply", "write-marketing-copy"):
+        assert report["tokens_in_window"] > 0 and report["ttft_ms"]["p50"] is not None
+
+
+def test_the_load_generator_fails_when_nothing_succeeds() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{free_port()}", "--rpc", "describe-product",
+         "--duration", "1", "--warmup", "0", "--timeout", "0.5", "--concurrency", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 1 and "no call succeeded" in ran.stderr
+    report = json.loads(ran.stdout, parse_constant=lambda constant: pytest.fail(f"{constant} is not JSON"))
+    assert report["requests_ok"] == 0 and report["latency_ms"]["p50"] is None and report["codes"]
