@@ -21,7 +21,7 @@ RUN ?= run
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv install install-serving defaults-deps protos models demo test bench lint serve-classifier \
+.PHONY: help venv install install-serving defaults-deps protos client models demo test bench lint serve-classifier \
 	serve-generator serve-gateway up down prometheus check-deploy deploy-rules images clean
 
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "make serve-generator   run the generator on :$(GENERATOR_PORT) (metrics :$(GENERATOR_METRICS_PORT))"
 	@echo "make serve-gateway     run the gateway on :$(GATEWAY_PORT), HTTP :$(GATEWAY_HTTP_PORT) (needs API_KEYS=name=key, keys of 16+ characters)"
 	@echo "make models            python -m export defaults --out $(MODELS)"
+	@echo "make client            the Python client package (generated stubs of every API) as a wheel in dist/"
 	@echo "make check-deploy      render, validate and lint deploy/ (part of make test)"
 	@echo "make images            build the CPU, GPU and model images (needs a Docker engine; TAG=$(TAG))"
 	@echo "make deploy-rules      rewrite the PrometheusRule from deploy/monitoring/rules.yaml"
@@ -74,6 +75,12 @@ $(PB_STAMP): $(PROTOS) $(VENV)/.installed
 	touch $@
 
 protos: $(PB_STAMP)
+
+# Other teams' services install the stubs instead of running protoc: pip install dist/ecomserve_client-*.whl (or
+# pip install ./clients/python straight from a checkout).
+client: $(VENV)/.installed
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist clients/python
+	@ls dist/ecomserve_client-*.whl
 
 models: $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
@@ -161,8 +168,8 @@ serve-gateway: $(PB_STAMP)
 		--classifier 127.0.0.1:$(CLASSIFIER_PORT) --generator 127.0.0.1:$(GENERATOR_PORT)
 
 lint: $(PB_STAMP)
-	$(PY) -m ruff format --check services export bench tests deploy
-	$(PY) -m ruff check services export bench tests deploy
+	$(PY) -m ruff format --check services export bench tests deploy clients
+	$(PY) -m ruff check services export bench tests deploy clients
 	$(PY) -m mypy services export bench deploy/monitoring
 
 clean:
