@@ -128,9 +128,18 @@ def log_level_knob() -> Any:
     return knob("info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
 
 
+def log_format_knob() -> Any:
+    """The log_format knob every service has (checked by require_server_knobs)."""
+    return knob(
+        "text",
+        "text, or json: one object per line (timestamp, level, service, logger, message, request_id, trace_id, and "
+        "an access line's method, code, latency_ms, api_key, model, version, tokens_in, tokens_out)",
+    )
+
+
 def require_server_knobs(config: Any) -> None:
-    """The checks of the knobs every service has: port, metrics_port, max_connection_age_s, grace_period_s and
-    log_level (called from each config's __post_init__)."""
+    """The checks of the knobs every service has: port, metrics_port, max_connection_age_s, grace_period_s,
+    log_level and log_format (called from each config's __post_init__)."""
     require(0 <= config.port <= 65535, f"port must be 0..65535, got {config.port}")
     require(0 <= config.metrics_port <= 65535, f"metrics_port must be 0..65535, got {config.metrics_port}")
     require(config.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {config.max_connection_age_s}")
@@ -139,6 +148,7 @@ def require_server_knobs(config: Any) -> None:
         config.log_level in LOG_LEVELS,
         f"log_level must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {config.log_level!r}",
     )
+    require(config.log_format in ("text", "json"), f"log_format must be text or json, got {config.log_format!r}")
 
 
 def require(condition: bool, message: str) -> None:

@@ -10,6 +10,7 @@ import time
 import grpc
 
 from services.core import errors, metrics
+from services.core.logs import CallLog, log_access, open_call
 
 
 class InflightCalls:
@@ -26,22 +27,24 @@ class InflightCalls:
         if self.draining:
             raise errors.Unavailable(f"{self._service} is shutting down; retry on another replica")
 
-    def begin(self) -> float:
-        """Count a call in flight (the drain waits for it); returns its start time for `end`."""
+    def begin(self, request_id: str = "", traceparent: str | None = None) -> CallLog:
+        """Count a call in flight (the drain waits for it) and open its access-log line, for `end`."""
         metrics.INFLIGHT.labels(self._service).inc()
         self.count += 1
         self._idle.clear()
-        self.last_call_at = time.perf_counter()
-        return self.last_call_at
+        call = open_call(request_id, traceparent)
+        self.last_call_at = call.started
+        return call
 
-    def end(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        """The call is over with `code`: requests_total and request_duration_seconds record it."""
+    def end(self, method: str, code: grpc.StatusCode, call: CallLog) -> None:
+        """The call is over with `code`: requests_total, request_duration_seconds and the access log record it."""
         metrics.INFLIGHT.labels(self._service).dec()
         self.count -= 1
         if self.count == 0:
             self._idle.set()
         metrics.REQUESTS.labels(self._service, method, code.name).inc()
-        metrics.REQUEST_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+        metrics.REQUEST_DURATION.labels(self._service, method).observe(time.perf_counter() - call.started)
+        log_access(call, method, code.name)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no call is in flight; False when timeout_s passed first."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from services.core.errors import ModelFailure, NotFound, Unavailable
+from services.core.logs import note
 from services.core.manifest import MODEL_FILE, Manifest, sha256_of, version_folders
 
 M = TypeVar("M")
@@ -82,6 +83,7 @@ class Registry(Generic[M]):
         chosen = version or max(versions)
         if chosen not in versions:
             raise NotFound(f"model {name!r} has no version {version}; available: {sorted(versions)}")
+        note(model=name, version=chosen)
         return chosen, versions[chosen]
 
     def __iter__(self) -> Iterator[tuple[str, int, M, bool]]:

@@ -8,7 +8,6 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from services.core import config as config_parsing
 from services.core import errors, metrics, wire
 from services.core.inflight import InflightCalls
 from services.core.listener import serve_metrics
+from services.core.logs import configure_logging
 from services.core.status import StatusInterceptor
 
 log = logging.getLogger(__name__)
@@ -234,11 +234,7 @@ def serve_main(
     config = config_parsing.parse(
         config_class, component, argv, prog=f"python -m services.{component}", description=description
     )
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format, component)
     log.info("effective config:\n%s", config_parsing.describe(config))
     try:
         serve_metrics(config.metrics_host, config.metrics_port)

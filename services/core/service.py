@@ -15,6 +15,7 @@ import grpc
 from services.core import metrics
 from services.core.config import (
     knob,
+    log_format_knob,
     log_level_knob,
     max_connection_age_knob,
     metrics_host_knob,
@@ -54,6 +55,7 @@ class ModelServerConfig:
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests may take to finish")
     log_level: str = log_level_knob()
+    log_format: str = log_format_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

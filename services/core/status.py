@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from services.core import errors, wire
 from services.core.inflight import InflightCalls
+from services.core.logs import CallLog
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[full_method] = self._wrap(handler, full_method.rsplit("/", 1)[-1])
         return wrapped
 
+    def _begin(self, context: grpc.aio.ServicerContext) -> CallLog:
+        metadata = dict(context.invocation_metadata() or ())
+        return self._calls.begin(str(metadata.get(wire.REQUEST_ID, "")), metadata.get(wire.TRACEPARENT))  # type: ignore[arg-type]
+
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
@@ -83,7 +88,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = self._calls.begin()
+            call = self._begin(context)
             code = grpc.StatusCode.OK
             try:
                 self._calls.refuse_new_calls()
@@ -94,13 +99,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self._calls.end(method, code, started)
+                self._calls.end(method, code, call)
 
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = self._calls.begin()
+            call = self._begin(context)
             code = grpc.StatusCode.OK
             try:
                 self._calls.refuse_new_calls()
@@ -112,7 +117,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_for(error, context)
                 await _reraise_or_abort(error, code, context, method)
             finally:
-                self._calls.end(method, code, started)
+                self._calls.end(method, code, call)
 
         return stream
 

@@ -3,6 +3,8 @@ default model names. A name used in two files is defined here once."""
 
 # The caller's request id: gRPC metadata and HTTP header, passed from the gateway to the backends.
 REQUEST_ID = "x-request-id"
+# W3C trace context: the trace id of a call that carries it goes on its log lines.
+TRACEPARENT = "traceparent"
 # gRPC tells a retried attempt how many came before it; servers echo it back under their own key, so that the
 # gateway can count the retries its channel made on its own.
 GRPC_PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"

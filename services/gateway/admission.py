@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 
 from services.core import errors, metrics
+from services.core.logs import note
 from services.core.wire import REQUEST_ID
 from services.gateway.auth import ApiKeys, RateLimited, RateLimiter
 from services.gateway.backends import CallContext
@@ -45,6 +46,7 @@ class Admission:
             log.info("request %s from %s refused: rate limit", request_id, caller)
             raise
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        note(api_key=caller, request_id=request_id)
         return CallContext(caller=caller, request_id=request_id, deadline=deadline)
 
     def _authenticate(self, headers: Mapping[str, str], peer: str, request_id: str) -> str:

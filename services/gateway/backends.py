@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.core import errors, metrics, wire
+from services.core.logs import add_tokens, current_traceparent
 from services.core.tls import channel_credentials
 
 log = logging.getLogger(__name__)
@@ -234,9 +235,10 @@ class Backend:
         code = grpc.StatusCode.OK
         try:
             rpc = self._rpcs[method]
-            pending = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
+            pending = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
+            _note_usage(response)
             return response
         except grpc.aio.AioRpcError as error:
             code = error.code()
@@ -250,9 +252,10 @@ class Backend:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         rpc = self._rpcs[method]
-        responses = rpc(request, timeout=self.remaining_time(call), metadata=((wire.REQUEST_ID, call.request_id),))
+        responses = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
         try:
             async for response in responses:
+                _note_usage(response)
                 yield response
             self._count_retries(method, await responses.trailing_metadata())
         except grpc.aio.AioRpcError as error:
@@ -317,6 +320,19 @@ class Backend:
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         metrics.BACKEND_REQUESTS.labels(self.name, method, code.name).inc()
         metrics.BACKEND_DURATION.labels(self.name, method).observe(time.perf_counter() - started)
+
+
+def _metadata(call: CallContext) -> tuple[tuple[str, str], ...]:
+    """The request id, and the caller's trace context so that the backend's log lines carry its trace id."""
+    traceparent = current_traceparent()
+    request_id = (wire.REQUEST_ID, call.request_id)
+    return (request_id, (wire.TRACEPARENT, traceparent)) if traceparent else (request_id,)
+
+
+def _note_usage(response: Any) -> None:
+    """A generator's answer carries its token counts: they go on the gateway call's access line."""
+    if "usage" in response.DESCRIPTOR.fields_by_name and response.HasField("usage"):
+        add_tokens(response.usage.prompt_tokens, response.usage.completion_tokens)
 
 
 def retry_after_s(error: grpc.aio.AioRpcError) -> float | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.core.config import (
     knob,
+    log_format_knob,
     log_level_knob,
     max_connection_age_knob,
     metrics_host_knob,
@@ -118,6 +119,7 @@ class GatewayConfig:
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
     log_level: str = log_level_knob()
+    log_format: str = log_format_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

@@ -158,7 +158,7 @@ class HttpBridge:
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
         return await counted_answer(
-            self._calls, method, request_id, respond, lambda error, code: _error_body(error, code, request_id)
+            self._calls, method, request, respond, lambda error, code: _error_body(error, code, request_id)
         )
 
     async def _accept(self, request: web.Request, message_class: type[Message]) -> tuple[CallContext, Message]:

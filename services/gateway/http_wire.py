@@ -15,7 +15,7 @@ from aiohttp import web
 from services.core import errors
 from services.core.inflight import InflightCalls
 from services.core.status import status_of
-from services.core.wire import REQUEST_ID
+from services.core.wire import REQUEST_ID, TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,13 @@ Envelope = Callable[[Exception, grpc.StatusCode], dict[str, Any]]
 
 
 async def counted_answer(
-    calls: InflightCalls, method: str, request_id: str, respond: Respond, envelope: Envelope
+    calls: InflightCalls, method: str, request: web.Request, respond: Respond, envelope: Envelope
 ) -> web.StreamResponse:
     """One HTTP call, counted in the service's InflightCalls like a gRPC call (in flight, drained, requests_total by
     code): `respond` gives the response and its final code (a stream's is known only at its end); an exception it
     raises becomes an error response in `envelope`'s shape."""
-    started = calls.begin()
+    request_id = request[REQUEST_ID]
+    call = calls.begin(request_id, request.headers.get(TRACEPARENT))
     code = grpc.StatusCode.OK
     try:
         response, code = await respond()
@@ -81,7 +82,7 @@ async def counted_answer(
         code = grpc.StatusCode.CANCELLED
         raise
     finally:
-        calls.end(method, code, started)
+        calls.end(method, code, call)
 
 
 def error_response(

@@ -138,7 +138,7 @@ class OpenAIRoutes:
         return names
 
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
-        return await counted_answer(self._calls, method, request[REQUEST_ID], respond, openai.error_body)
+        return await counted_answer(self._calls, method, request, respond, openai.error_body)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:

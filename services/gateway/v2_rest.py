@@ -84,7 +84,7 @@ class V2Routes:
         return await self._answer(request, "ModelInfer", respond)
 
     async def _answer(self, request: web.Request, method: str, respond: Respond) -> web.StreamResponse:
-        return await counted_answer(self._calls, method, request[REQUEST_ID], respond, error_body)
+        return await counted_answer(self._calls, method, request, respond, error_body)
 
 
 def _model_request(message: Any) -> Callable[[web.Request], Any]:

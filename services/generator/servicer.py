@@ -9,6 +9,7 @@ import grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
 from services.core.errors import InvalidArgument
+from services.core.logs import add_tokens
 from services.core.repository import Registry
 from services.core.server import deadline_of
 from services.core.service import model_listing
@@ -151,6 +152,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
 
 def _usage(sequence: Sequence) -> generator_pb2.Usage:
+    add_tokens(len(sequence.prompt_ids), sequence.generated)  # on the call's access line
     return generator_pb2.Usage(prompt_tokens=len(sequence.prompt_ids), completion_tokens=sequence.generated)
 
 

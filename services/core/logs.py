@@ -1,0 +1,150 @@
+"""Logging of every service: text or JSON lines (`--log-format`), each record carrying the request id and trace id
+of the call it was logged in, and one access-log line per call (method, code, latency, API key name, model and
+version, tokens in and out).
+
+What a call's access line says is gathered while the call runs: the transport opens a CallLog (InflightCalls.begin)
+and whoever learns a fact notes it (`note`, `add_tokens`): the gateway's admission the API key's name, a model
+registry the model and version, the generator the tokens. Request and prompt texts are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+LOG_FORMATS = ("text", "json")
+ACCESS_LOGGER = "ecomserve.access"
+# W3C trace context: version-traceid-parentid-flags, the trace id 32 lower-case hex digits, not all zero.
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class CallLog:
+    """One call in flight, as its access line will tell it."""
+
+    started: float
+    request_id: str = ""
+    traceparent: str = ""  # the caller's, when well formed: passed on to the backends with the call
+    trace_id: str = ""
+    api_key: str = ""
+    model: str = ""
+    version: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+CURRENT_CALL: ContextVar[CallLog | None] = ContextVar("ecomserve_call", default=None)
+
+
+def open_call(request_id: str = "", traceparent: str | None = None) -> CallLog:
+    """Start the CallLog of the call running in this context (its task and the tasks it starts); a malformed
+    `traceparent` is ignored."""
+    match = TRACEPARENT.fullmatch(traceparent.strip().lower()) if traceparent else None
+    call = CallLog(time.perf_counter(), request_id=request_id)
+    if match:
+        call.traceparent, call.trace_id = match.group(0), match.group(1)
+    CURRENT_CALL.set(call)
+    return call
+
+
+def current_traceparent() -> str:
+    """The current call's W3C traceparent, "" when it came without one."""
+    call = CURRENT_CALL.get()
+    return call.traceparent if call else ""
+
+
+def note(**facts: Any) -> None:
+    """Record facts (request_id, api_key, model, version) on the current call's access line."""
+    call = CURRENT_CALL.get()
+    if call is not None:
+        for name, value in facts.items():
+            setattr(call, name, value)
+
+
+def add_tokens(prompt: int, completion: int) -> None:
+    """Count a generation's tokens on the current call (several generations of one call add up)."""
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.tokens_in += prompt
+        call.tokens_out += completion
+
+
+def log_access(call: CallLog, method: str, code: str) -> None:
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not access.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "method": method,
+        "code": code,
+        "latency_ms": round((time.perf_counter() - call.started) * 1000, 2),
+    }
+    if call.api_key:
+        fields["api_key"] = call.api_key
+    if call.model:
+        fields["model"], fields["version"] = call.model, call.version
+    if call.tokens_in or call.tokens_out:
+        fields["tokens_in"], fields["tokens_out"] = call.tokens_in, call.tokens_out
+    text = " ".join(f"{name}={value}" for name, value in fields.items() if name not in ("method", "code"))
+    access.info("%s %s %s", method, code, text, extra={"access": fields})
+
+
+class CallContextFilter(logging.Filter):
+    """Puts the current call's request id and trace id on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = CURRENT_CALL.get()
+        record.request_id = call.request_id if call else ""
+        record.trace_id = call.trace_id if call else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: timestamp (UTC, ISO 8601), level, service, logger, message, request_id,
+    trace_id, an access line's fields, and the exception's traceback when there is one."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": self._service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ("request_id", "trace_id"):
+            if value := getattr(record, name, ""):
+                entry[name] = value
+        entry.update(getattr(record, "access", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with the request id appended when the record was logged inside a call."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", "")
+        return f"{line} [request {request_id}]" if request_id and "\n" not in line else line
+
+
+def configure_logging(level: str, log_format: str, service: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallContextFilter())
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
