@@ -30,17 +30,23 @@ def file_version(path: str) -> FileVersion:
 
 
 async def watch_files(
-    paths: Sequence[str], on_change: Callable[[], Awaitable[None] | None], *, poll_s: float, now: asyncio.Event
+    paths: Sequence[str] | Callable[[], Sequence[str]],
+    on_change: Callable[[], Awaitable[None] | None],
+    *,
+    poll_s: float,
+    now: asyncio.Event,
 ) -> None:
     """Call `on_change` whenever one of `paths` changes (checked every poll_s) or `now` is set (SIGHUP); until
-    cancelled. A failing `on_change` is logged and the next change tried again."""
-    seen = [file_version(path) for path in paths]
+    cancelled. `paths` may be a function, for a folder whose files come and go. A failing `on_change` is logged
+    and the next change tried again."""
+    current = paths if callable(paths) else lambda: paths
+    seen = {path: file_version(path) for path in current()}
     while True:
         try:
             await asyncio.wait_for(now.wait(), poll_s)
         except TimeoutError:
             pass
-        versions = [file_version(path) for path in paths]
+        versions = {path: file_version(path) for path in current()}
         if versions == seen and not now.is_set():
             continue
         now.clear()
@@ -50,7 +56,7 @@ async def watch_files(
             if result is not None:
                 await result
         except (OSError, ValueError) as error:
-            log.error("%s changed but could not be reloaded; what was loaded stays: %s", ", ".join(paths), error)
+            log.error("%s changed but could not be reloaded; what was loaded stays: %s", ", ".join(seen), error)
 
 
 @dataclass(frozen=True)

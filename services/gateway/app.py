@@ -28,10 +28,11 @@ from services.gateway.http import HttpBridge, HttpLimits
 from services.gateway.operations import GatewayOperations, OperationLimits
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import GatewayServicer
-from services.gateway.templates import PromptTemplates
+from services.gateway.templates import PromptTemplates, template_files
 
 log = logging.getLogger(__name__)
-# How often the API keys and TLS files are checked for changes (SIGHUP re-reads them at once).
+# How often the API keys, routing table, prompt templates and TLS files are checked for changes (SIGHUP re-reads
+# them at once).
 FILES_POLL_S = 2.0
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
@@ -122,6 +123,8 @@ class GatewayApp:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_now)
         config = self.config
         self._follow([config.api_keys_file] if config.api_keys_file else [], self._reload_keys)
+        self._follow([config.routing_file], self._reload_routing)
+        self._follow(self._template_paths, self._reload_templates)
         self._follow(self._server_tls_files(), self._reload_http_certificate)
         if config.backend_tls is not None:
             self._follow(config.backend_tls.paths, self._renew_backend_channels)
@@ -139,7 +142,9 @@ class GatewayApp:
         config = self.config
         return ApiKeys.load(config.api_keys_file, config.api_keys, allow_unauthenticated=config.allow_unauthenticated)
 
-    def _follow(self, paths: list[str], on_change: Callable[[], Awaitable[None] | None]) -> None:
+    def _follow(
+        self, paths: list[str] | Callable[[], list[str]], on_change: Callable[[], Awaitable[None] | None]
+    ) -> None:
         if paths:
             now = asyncio.Event()
             self._reload_events.append(now)
@@ -154,6 +159,21 @@ class GatewayApp:
         """A rotated keys file (a Kubernetes Secret swaps it) takes effect for the next call."""
         self.admission.keys = self._load_keys()
         log.info("API keys reloaded from %s", self.config.api_keys_file)
+
+    def _reload_routing(self) -> None:
+        self.operations.replace_routing(RoutingTable.load(Path(self.config.routing_file)))
+        log.info("routing table reloaded from %s", self.config.routing_file)
+
+    def _template_paths(self) -> list[str]:
+        """The template folder, its subfolders and files: a new, changed or removed template changes one of them."""
+        folder = Path(self.config.templates)
+        files = template_files(folder) if folder.is_dir() else []
+        return [str(folder), *sorted({str(path.parent) for path in files}), *(str(path) for path in files)]
+
+    def _reload_templates(self) -> None:
+        templates = PromptTemplates.load(Path(self.config.templates))
+        self.operations.replace_templates(templates)
+        log.info("prompt templates reloaded from %s: %s", self.config.templates, ", ".join(templates.operations()))
 
     def _server_tls_files(self) -> list[str]:
         """The HTTP listener's certificate files (gRPC's credentials re-read theirs themselves)."""

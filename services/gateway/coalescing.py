@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ecomserve.classifier.v1 import classifier_pb2
@@ -47,9 +48,11 @@ class MessageClassifier:
     """`classify(text, call)` for RouteMessage; `start` inside the event loop, `aclose` when the gateway stops
     (messages already queued are still sent)."""
 
-    def __init__(self, backend: Backend, routing: RoutingTable, *, max_texts_per_call: int, max_calls: int) -> None:
+    def __init__(
+        self, backend: Backend, routing: Callable[[], RoutingTable], *, max_texts_per_call: int, max_calls: int
+    ) -> None:
         self._backend = backend
-        self._routing = routing
+        self._routing = routing  # the table in force (it is re-read when its file changes)
         self._batcher: DynamicBatcher[tuple[str, CallContext], ClassifiedMessage] = DynamicBatcher(
             self._classify_together,
             max_batch_size=max_texts_per_call,
@@ -100,9 +103,10 @@ class MessageClassifier:
             request_id=joined_request_ids([call.request_id for _, call in messages]),
             deadline=None if None in deadlines else max(d for d in deadlines if d is not None),
         )
+        routing = self._routing()
         # A long message is cut to the model's length rather than refused: routing must not fail on it.
         request = classifier_pb2.ClassifyRequest(
-            model=self._routing.model, texts=[text for text, _ in messages], top_k=self._routing.top_k, truncate=True
+            model=routing.model, texts=[text for text, _ in messages], top_k=routing.top_k, truncate=True
         )
         metrics.COALESCED_TEXTS.labels(self._backend.name, "Classify").observe(len(messages))
         response = await self._backend.unary("Classify", request, together)

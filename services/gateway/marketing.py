@@ -77,7 +77,11 @@ class MarketingCopyWriter:
         self._generator = generator
         self._generator_model = generator_model
         self._templates = templates
-        for channel in self.channels():
+
+    @staticmethod
+    def check(templates: PromptTemplates) -> None:
+        """Every channel's template has a [length] table (ValueError naming the template otherwise)."""
+        for channel in templates.kinds(OPERATION):
             for template in templates.versions(f"{OPERATION}/{channel}"):
                 if template.length is None:
                     raise ValueError(f"prompt template {template.name} needs a [length] table")

@@ -48,13 +48,17 @@ class GatewayOperations:
         templates: PromptTemplates,
         limits: OperationLimits,
     ) -> None:
+        MarketingCopyWriter.check(templates)
         self._classifier = classifier
+        self._routing = routing
         self._messages = MessageClassifier(
-            classifier, routing, max_texts_per_call=limits.route_max_texts_per_call, max_calls=limits.route_max_calls
+            classifier,
+            lambda: self._routing,
+            max_texts_per_call=limits.route_max_texts_per_call,
+            max_calls=limits.route_max_calls,
         )
         self._generator = generator
         self._generator_model = generator_model
-        self._routing = routing
         self._templates = templates
         self._limits = limits
         self._marketing = MarketingCopyWriter(self._generator_backend, generator_model, templates)
@@ -63,8 +67,17 @@ class GatewayOperations:
             self._generator_backend,
             generator_model,
             templates,
-            ReviewsConfig(routing.model, limits.max_texts_per_request, limits.max_text_chars),
+            ReviewsConfig(lambda: self._routing.model, limits.max_texts_per_request, limits.max_text_chars),
         )
+
+    def replace_routing(self, routing: RoutingTable) -> None:
+        """A re-read routing table: the next RouteMessage (and AnalyzeReviews' default model) follow it."""
+        self._routing = routing
+
+    def replace_templates(self, templates: PromptTemplates) -> None:
+        """Re-read prompt templates, once they pass the checks the ones at start passed: the next call uses them."""
+        MarketingCopyWriter.check(templates)
+        self._templates.replace_with(templates)
 
     def start(self) -> None:
         """Inside the event loop, before the first call."""

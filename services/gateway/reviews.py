@@ -40,7 +40,7 @@ class ReviewsConfig:
     """Which classifier model answers when a request names none, and how many texts one Classify call may
     carry (the classifier replicas' max_texts_per_request)."""
 
-    default_model: str
+    default_model: Callable[[], str]  # the routing table's model, as the table is now
     max_texts_per_call: int
     max_text_chars: int
 
@@ -101,7 +101,7 @@ class ReviewAnalyzer:
         texts = [review.text for review in request.reviews]
         calls = math.ceil(len(texts) / self._config.max_texts_per_call)
         size = math.ceil(len(texts) / calls)  # even calls: the replicas answer them side by side
-        model = request.model or self._config.default_model
+        model = request.model or self._config.default_model()
 
         def classify(start: int, version: int) -> Coroutine[Any, Any, classifier_pb2.ClassifyResponse]:
             chunk = classifier_pb2.ClassifyRequest(

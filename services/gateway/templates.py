@@ -8,6 +8,7 @@ generator's chat messages; the model's own chat template then turns those into i
 
 from __future__ import annotations
 
+import glob
 import math
 import re
 import tomllib
@@ -97,12 +98,16 @@ class PromptTemplates:
     def load(cls, folder: Path) -> PromptTemplates:
         environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
         templates = []
-        for path in sorted(folder.glob("**/v*.toml")):
+        for path in template_files(folder):
             match = VERSION_FILE.match(path.name)
             if match:
                 operation = path.parent.relative_to(folder).as_posix()
                 templates.append(_parse(path, operation, int(match.group(1)), environment))
         return cls(templates)
+
+    def replace_with(self, other: PromptTemplates) -> None:
+        """Take `other`'s templates, in one step (a call sees the old set or the new one, never a mix)."""
+        self._by_operation = other._by_operation
 
     def operations(self) -> list[str]:
         return sorted(self._by_operation)
@@ -125,6 +130,14 @@ class PromptTemplates:
             known = ", ".join(str(v) for v in sorted(versions))
             raise errors.NotFound(f"template_version {version} of {operation} does not exist (versions: {known})")
         return versions[version]
+
+
+def template_files(folder: Path) -> list[Path]:
+    """Every template file under folder. glob.glob follows symlinked folders and skips hidden ones, as a
+    Kubernetes ConfigMap volume needs (its files are links into a hidden ..data folder); pathlib's ** does neither."""
+    if not folder.is_dir():
+        raise ValueError(f"prompt template folder {folder} does not exist")
+    return sorted(Path(path) for path in glob.glob(str(folder / "**" / "v*.toml"), recursive=True))
 
 
 def _parse(path: Path, operation: str, version: int, environment: ImmutableSandboxedEnvironment) -> PromptTemplate:
