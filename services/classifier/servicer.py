@@ -79,7 +79,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ListModelsResponse:
         return classifier_pb2.ListModelsResponse(
-            models=[_model_info(common, model) for common, model in model_listing(self._registry)]
+            models=[
+                classifier_pb2.ModelInfo(**common) if model is None else _model_info(common, model)
+                for common, model in model_listing(self._registry)
+            ]
         )
 
     def _model(self, query: TextsQuery, kind: type[Head]) -> tuple[int, Head]:
@@ -91,9 +94,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
 
 
 def _model_info(common: dict[str, object], model: BatchedEncoder) -> classifier_pb2.ModelInfo:
-    info = classifier_pb2.ModelInfo(
-        **common, max_sequence_length=model.max_length, status=classifier_pb2.MODEL_STATUS_READY
-    )
+    info = classifier_pb2.ModelInfo(**common, max_sequence_length=model.max_length)
     if isinstance(model, EmbedderModel):
         info.kind = classifier_pb2.MODEL_KIND_EMBEDDING
         info.dimension = model.dimension

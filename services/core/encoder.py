@@ -104,6 +104,7 @@ class BatchedEncoder:
         self.max_length = version.manifest.max_sequence_length
         self._service = service
         self._label = version.label
+        self._labels = (service, *version.metric_labels)
         self._output_name = version.manifest.outputs[0].name
         self._warmup_batch_size = batching.max_batch_size
         self._feed_names = [spec.name for spec in version.manifest.inputs]
@@ -133,11 +134,11 @@ class BatchedEncoder:
             max_concurrent_batches=batching.max_concurrent_batches,
             max_queue_time_s=batching.max_queue_time_s,
             size_of=lambda item: item.length,
-            on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(service, self._label, reason).inc(n),
+            on_drop=lambda reason, n: metrics.DROPPED_ITEMS.labels(*self._labels, reason).inc(n),
         )
-        metrics.QUEUE_DEPTH.labels(service, self._label).set_function(lambda: self.batcher.depth)
-        metrics.QUEUE_CAPACITY.labels(service, self._label).set(batching.max_queue_size)
-        metrics.RUNTIME_INFO.labels(service, self._label).info(
+        metrics.QUEUE_DEPTH.labels(*self._labels).set_function(lambda: self.batcher.depth)
+        metrics.QUEUE_CAPACITY.labels(*self._labels).set(batching.max_queue_size)
+        metrics.RUNTIME_INFO.labels(*self._labels).info(
             {"provider": runner.provider, "quantization": version.manifest.quantization.get("method", "none")}
         )
 
@@ -223,13 +224,13 @@ class BatchedEncoder:
             [(item, truncated)] = self._tokenize([text], truncate)
             self._record_batch([item], time.perf_counter())
             [row] = self._timed_forward([item], runner)
-            metrics.INFERENCE_RUNS.labels(self._service, self._label).inc()
+            metrics.INFERENCE_RUNS.labels(*self._labels).inc()
             return EncodedText(row, item.length, truncated)
         finally:
             self._direct_slots.release()
 
     def _record_batch(self, items: list[EncoderItem], started: float) -> None:
-        labels = (self._service, self._label)
+        labels = self._labels
         queue_duration = metrics.QUEUE_DURATION.labels(*labels)
         for item in items:
             queue_duration.observe(started - item.queued_at)
@@ -299,11 +300,11 @@ class BatchedEncoder:
                 break
             outputs[index] = self._timed_forward(items)
             runs += 1
-        metrics.INFERENCE_RUNS.labels(self._service, self._label).inc(runs)
+        metrics.INFERENCE_RUNS.labels(*self._labels).inc(runs)
 
     def _timed_forward(self, items: list[EncoderItem], runner: OnnxRunner | None = None) -> list[np.ndarray]:
         """One run, recorded in inference_duration_seconds and padding_efficiency_ratio."""
-        labels = (self._service, self._label)
+        labels = self._labels
         started = time.perf_counter()
         rows, padding_efficiency = self._forward(items, runner)
         metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)

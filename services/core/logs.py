@@ -9,8 +9,11 @@ registry the model and version, the generator the tokens. Request and prompt tex
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -19,11 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.core import metrics
+
 LOG_FORMATS = ("text", "json")
 ACCESS_LOGGER = "ecomserve.access"
 # W3C trace context: version-traceid-parentid-flags, the trace id 32 lower-case hex digits, not all zero.
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MAX_QUEUED_RECORDS = 10_000
 
 
 @dataclass
@@ -77,21 +83,46 @@ def add_tokens(prompt: int, completion: int) -> None:
         call.tokens_out += completion
 
 
+class RefusalLines:
+    """At most `per_s` access lines a second for calls refused or lost under load (the codes below come by the
+    thousand a second under overload, when a line costs more than the refusal itself); the next line that is
+    written says how many were left out. The request metrics count every call."""
+
+    CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"})
+
+    def __init__(self, per_s: int) -> None:
+        self._per_s = per_s
+        self._window_start = 0.0
+        self._written = 0
+        self.left_out = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._window_start >= 1.0:
+            self._window_start, self._written = now, 0
+        if self._written < self._per_s:
+            self._written += 1
+            return True
+        self.left_out += 1
+        return False
+
+
+REFUSAL_LINES = RefusalLines(per_s=20)
+
+
 def log_access(call: CallLog, method: str, code: str) -> None:
     access = logging.getLogger(ACCESS_LOGGER)
-    if not access.isEnabledFor(logging.INFO):
+    now = time.perf_counter()
+    if not access.isEnabledFor(logging.INFO) or (code in RefusalLines.CODES and not REFUSAL_LINES.allow(now)):
         return
-    fields: dict[str, Any] = {
-        "method": method,
-        "code": code,
-        "latency_ms": round((time.perf_counter() - call.started) * 1000, 2),
-    }
+    fields: dict[str, Any] = {"method": method, "code": code, "latency_ms": round((now - call.started) * 1000, 2)}
     if call.api_key:
         fields["api_key"] = call.api_key
     if call.model:
         fields["model"], fields["version"] = call.model, call.version
     if call.tokens_in or call.tokens_out:
         fields["tokens_in"], fields["tokens_out"] = call.tokens_in, call.tokens_out
+    if REFUSAL_LINES.left_out:
+        fields["refusals_not_logged"], REFUSAL_LINES.left_out = REFUSAL_LINES.left_out, 0
     text = " ".join(f"{name}={value}" for name, value in fields.items() if name not in ("method", "code"))
     access.info("%s %s %s", method, code, text, extra={"access": fields})
 
@@ -143,8 +174,36 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request {request_id}]" if request_id and "\n" not in line else line
 
 
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands a record, with its call's ids (CallContextFilter), to the writer thread without ever waiting: a log
+    sink that does not keep up (a full pipe, a slow collector) must not stall the event loop. Formatting happens
+    in that thread too, off the event loop. When the queue is full the record is dropped and counted."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord], service: str) -> None:
+        super().__init__(records)
+        self._dropped = metrics.LOG_RECORDS_DROPPED.labels(service)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # formatted by the writer (our log calls pass immutable arguments)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self._dropped.inc()
+
+
 def configure_logging(level: str, log_format: str, service: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Records go through a bounded queue to one thread that formats and writes them to stderr (flushed at exit)."""
+    # What no line shows is not gathered: the caller's file and line (a walk of the stack), thread and process.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED_RECORDS)
+    handler = DroppingQueueHandler(records, service)
     handler.addFilter(CallContextFilter())
-    handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
+    listener = logging.handlers.QueueListener(records, writer)
+    listener.start()
+    atexit.register(listener.stop)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -16,6 +16,8 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
+# Per-model metrics: the service, the model name and its version as separate labels (sum over version for a model).
+MODEL_LABELS = ["service", "model", "version"]
 REQUESTS = Counter("ecomserve_requests_total", "RPCs answered, by final status code.", ["service", "method", "code"])
 REQUEST_DURATION = Histogram(
     "ecomserve_request_duration_seconds",
@@ -28,55 +30,63 @@ INFLIGHT = Gauge("ecomserve_inflight_requests", "RPCs being handled right now.",
 QUEUE_DURATION = Histogram(
     "ecomserve_queue_duration_seconds",
     "Time an item waited in the batch queue before its batch started.",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=FAST_BUCKETS,
 )
 INFERENCE_DURATION = Histogram(
     "ecomserve_inference_duration_seconds",
     "Wall time of one classifier onnxruntime run (a batch, or part of one).",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=FAST_BUCKETS,
 )
-BATCH_SIZE = Histogram("ecomserve_batch_size", "Items per executed batch.", ["service", "model"], buckets=BATCH_BUCKETS)
-BATCHES = Counter("ecomserve_batches_total", "Batches executed.", ["service", "model"])
+BATCH_SIZE = Histogram("ecomserve_batch_size", "Items per executed batch.", MODEL_LABELS, buckets=BATCH_BUCKETS)
+BATCHES = Counter("ecomserve_batches_total", "Batches executed.", MODEL_LABELS)
 BATCH_ITEMS = Counter(
     "ecomserve_batch_items_total",
     "Items executed in batches; mean batch size = rate(batch_items_total) / rate(batches_total).",
-    ["service", "model"],
+    MODEL_LABELS,
 )
 INFERENCE_RUNS = Counter(
     "ecomserve_inference_runs_total",
     "onnxruntime runs; a classifier batch is split into runs by length, or into one run per text for models that "
     "quantize activations per run.",
-    ["service", "model"],
+    MODEL_LABELS,
 )
 PADDING_EFFICIENCY = Histogram(
     "ecomserve_padding_efficiency_ratio",
     "Real tokens / padded tokens per onnxruntime run (1 = no padding waste).",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=RATIO_BUCKETS,
 )
-QUEUE_DEPTH = Gauge("ecomserve_queue_depth", "Items waiting in the batch queue.", ["service", "model"])
+QUEUE_DEPTH = Gauge("ecomserve_queue_depth", "Items waiting in the batch queue.", MODEL_LABELS)
 QUEUE_CAPACITY = Gauge(
     "ecomserve_queue_capacity",
     "Most items the queue holds before new requests get RESOURCE_EXHAUSTED (queue_depth / queue_capacity is "
     "saturation).",
-    ["service", "model"],
+    MODEL_LABELS,
 )
 DROPPED_ITEMS = Counter(
     "ecomserve_dropped_items_total",
     "Queued items dropped before running because their caller cancelled or their deadline passed.",
-    ["service", "model", "reason"],
+    [*MODEL_LABELS, "reason"],
 )
 SERVING = Gauge(
     "ecomserve_serving",
     "1 while the service reports SERVING on grpc.health.v1 (0 loading, draining, not ready).",
     ["service"],
 )
-MODEL_READY = Gauge("ecomserve_model_ready", "1 when the model version is loaded and warmed up.", ["service", "model"])
-RUNTIME_INFO = Info(
-    "ecomserve_runtime", "onnxruntime version and execution provider in use per model.", ["service", "model"]
+MODEL_LOAD_FAILURES = Counter(
+    "ecomserve_model_load_failures_total",
+    "Model versions that appeared in the repository while serving but could not be loaded.",
+    MODEL_LABELS,
 )
+LOG_RECORDS_DROPPED = Counter(
+    "ecomserve_log_records_dropped_total",
+    "Log records dropped because the log sink (stderr) did not keep up; the service never waits for it.",
+    ["service"],
+)
+MODEL_READY = Gauge("ecomserve_model_ready", "1 when the model version is loaded and warmed up.", MODEL_LABELS)
+RUNTIME_INFO = Info("ecomserve_runtime", "onnxruntime version and execution provider in use per model.", MODEL_LABELS)
 
 
 # Generator (continuous batching).
@@ -84,45 +94,43 @@ TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
 TIME_TO_FIRST_TOKEN = Histogram(
     "ecomserve_time_to_first_token_seconds",
     "Time from receiving a generation request to its first generated token (queueing and prefill included).",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=LATENCY_BUCKETS,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(
     "ecomserve_time_per_output_token_seconds",
     "Mean time between a sequence's generated tokens after the first, observed once per finished sequence.",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=TOKEN_BUCKETS,
 )
-GENERATED_TOKENS = Counter("ecomserve_generated_tokens_total", "Tokens generated.", ["service", "model"])
-PROMPT_TOKENS = Counter("ecomserve_prompt_tokens_total", "Prompt tokens prefilled.", ["service", "model"])
+GENERATED_TOKENS = Counter("ecomserve_generated_tokens_total", "Tokens generated.", MODEL_LABELS)
+PROMPT_TOKENS = Counter("ecomserve_prompt_tokens_total", "Prompt tokens prefilled.", MODEL_LABELS)
 RUNNING_SEQUENCES = Gauge(
-    "ecomserve_running_sequences", "Sequences in the running batch (decoded every step).", ["service", "model"]
+    "ecomserve_running_sequences", "Sequences in the running batch (decoded every step).", MODEL_LABELS
 )
-WAITING_SEQUENCES = Gauge(
-    "ecomserve_waiting_sequences", "Requests waiting to join the running batch.", ["service", "model"]
-)
+WAITING_SEQUENCES = Gauge("ecomserve_waiting_sequences", "Requests waiting to join the running batch.", MODEL_LABELS)
 BATCH_OCCUPANCY = Histogram(
     "ecomserve_batch_occupancy_ratio",
     "Running sequences / max_running_sequences, observed once per decode step.",
-    ["service", "model"],
+    MODEL_LABELS,
     buckets=RATIO_BUCKETS,
 )
 STEP_DURATION = Histogram(
     "ecomserve_step_duration_seconds",
     "Wall time of one scheduler step's forward pass, by phase (prefill of joining requests, decode of the batch).",
-    ["service", "model", "phase"],
+    [*MODEL_LABELS, "phase"],
     buckets=FAST_BUCKETS,
 )
 STOPPED_STEPS = Counter(
     "ecomserve_stopped_decode_steps_total",
     "Decode steps given up part-way so that newly arrived requests were prefilled first (each is decoded again).",
-    ["service", "model"],
+    MODEL_LABELS,
 )
 FINISHED_SEQUENCES = Counter(
     "ecomserve_finished_sequences_total",
     "Sequences that left the scheduler, by finish_reason (length, stop_sequence, end_of_text, cancelled, deadline, "
     "error).",
-    ["service", "model", "finish_reason"],
+    [*MODEL_LABELS, "finish_reason"],
 )
 
 

@@ -23,8 +23,13 @@ class ModelVersion:
 
     @property
     def label(self) -> str:
-        """The model label of metrics and logs: name/version."""
+        """How logs and messages name it: name/version."""
         return f"{self.name}/{self.version}"
+
+    @property
+    def metric_labels(self) -> tuple[str, str]:
+        """Its `model` and `version` metric labels."""
+        return self.name, str(self.version)
 
     @property
     def model_path(self) -> Path:
@@ -38,6 +43,21 @@ class ModelVersion:
                 f"{self.model_path}: sha256 {actual} does not match the manifest ({self.manifest.sha256}); "
                 "re-export the model or restore the file"
             )
+
+
+Fingerprint = tuple[tuple[str, float, int], ...]
+
+
+def folder_fingerprint(folder: Path) -> Fingerprint:
+    """What tells that a version folder's files changed (or are still being copied): name, mtime and size of each."""
+    entries = []
+    for path in sorted(folder.iterdir()):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while we looked
+            continue
+        entries.append((path.name, stat.st_mtime, stat.st_size))
+    return tuple(entries)
 
 
 def discover(root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = ()) -> list[ModelVersion]:
@@ -63,14 +83,30 @@ def discover(root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = ()) ->
 
 
 class Registry(Generic[M]):
-    """name -> version -> loaded model. The default version of a name is its highest."""
+    """name -> version -> loaded model. The default version of a name is its highest. `states` holds the versions
+    that do not serve (yet, or any more): (name, version) -> (status, message), status one of the ModelStatus
+    names LOADING, UNLOADING, FAILED."""
 
     def __init__(self) -> None:
         self._models: dict[str, dict[int, M]] = {}
+        self.states: dict[tuple[str, int], tuple[str, str]] = {}
         self.ready = False
 
     def add(self, name: str, version: int, model: M) -> None:
+        """Serve `model`; the highest version of a name becomes its default at once."""
         self._models.setdefault(name, {})[version] = model
+        self.states.pop((name, version), None)
+
+    def remove(self, name: str, version: int) -> M:
+        """Stop handing out a version (requests that already have it finish on it); returns the model."""
+        versions = self._models[name]
+        model = versions.pop(version)
+        if not versions:
+            del self._models[name]
+        return model
+
+    def loaded(self) -> set[tuple[str, int]]:
+        return {(name, version) for name, versions in self._models.items() for version in versions}
 
     def get(self, name: str, version: int = 0) -> tuple[int, M]:
         """(version, model); version 0 means the default. NotFound names what exists."""

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 Register = Callable[[grpc.aio.Server], None]
 
-QUIET_PERIOD_S = 0.3
+# Quiet this long before the transport stops: a caller whose sends lag (a busy client, a slow network) may still
+# have calls on the way after a shorter gap, and those would be CANCELLED.
+QUIET_PERIOD_S = 1.0
 # The grpc.health.v1 name of liveness probes: SERVING from bind to exit, loading and draining included, so that
 # Kubernetes restarts only a process that no longer answers (readiness probes use the service's own name).
 LIVENESS_SERVICE = "liveness"

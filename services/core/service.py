@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,18 @@ from services.core.config import (
     tls_client_ca_knob,
     tls_key_knob,
 )
-from services.core.repository import ModelVersion, Registry, discover
+from services.core.errors import ModelFailure
+from services.core.repository import Fingerprint, ModelVersion, Registry, discover, folder_fingerprint
 from services.core.runner import OnnxRunner
 from services.core.server import ServingServer
 from services.core.tls import configured_credentials
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+# A version whose folder left the repository is no longer handed out at once; requests that took it just before
+# still hand it their work within this time. Then it finishes what it has and is unloaded.
+UNLOAD_GRACE_S = 1.0
+READY, LOADING, UNLOADING, FAILED = "READY", "LOADING", "UNLOADING", "FAILED"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class ModelServerConfig:
     tls_client_ca_file: str = tls_client_ca_knob()
     max_connection_age_s: float = max_connection_age_knob()
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests may take to finish")
+    repository_poll_s: float = knob(
+        10.0,
+        "seconds between looks at the model repository for new and removed versions, which are loaded and unloaded "
+        "while serving (0: only on SIGHUP)",
+    )
     log_level: str = log_level_knob()
     log_format: str = log_format_knob()
 
@@ -61,6 +72,7 @@ class ModelServerConfig:
         require_server_knobs(self)
         require_tls_knobs(self)
         require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
+        require(self.repository_poll_s >= 0, f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
 
     @property
     def address(self) -> str:
@@ -95,7 +107,11 @@ class ModelService(Generic[M]):
     Subclasses set what they need, call `__init__`, and implement `register` (add their servicers to the grpc
     server; `self.registry` exists by then) and `build` (one model version, on a worker thread). `load` builds
     every version of the service's `tasks` in the repository, verified against its sha256 and warmed up, then
-    marks the registry ready; `close` stops every model.
+    marks the registry ready; `close` stops every model. While serving, the repository is looked at every
+    `repository_poll_s` and on SIGHUP: a new version is loaded next to the others once its files stopped changing
+    for one look (at once on SIGHUP) and, as the highest, becomes the default atomically; a version whose folder
+    went is unloaded after finishing what it has; a new version that cannot be loaded is logged, counted
+    (ecomserve_model_load_failures_total), shown FAILED by ListModels and never served.
     """
 
     def __init__(
@@ -105,6 +121,9 @@ class ModelService(Generic[M]):
         self.service = service
         self.tasks = tasks
         self.registry: Registry[M] = Registry()
+        self._rescan_now = asyncio.Event()  # SIGHUP
+        self._follower: asyncio.Task[None] | None = None
+        self._failed: dict[tuple[str, int], Fingerprint] = {}  # versions that failed, as their files were then
         self.server = ServingServer(
             service=service,
             service_names=service_names,
@@ -122,20 +141,86 @@ class ModelService(Generic[M]):
         raise NotImplementedError
 
     async def load(self) -> None:
-        for version in discover(Path(self.config.models), self.tasks, self.config.model_names):
-            model = await asyncio.to_thread(self._build_verified, version)
-            model.start_serving()
-            self.registry.add(version.name, version.version, model)
-            metrics.MODEL_READY.labels(self.service, version.label).set(1)
-            log.info(
-                "serving %s v%d (%s; %s, %s)",
-                version.name,
-                version.version,
-                model.describe(),
-                _quantization(version),
-                model.runner.provider,
-            )
+        for version in self._discover():
+            await self._load_version(version)
         self.registry.ready = True
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._rescan_now.set)
+        self._follower = asyncio.create_task(self._follow_repository(), name=f"{self.service}-repository")
+
+    def _discover(self) -> list[ModelVersion]:
+        return discover(Path(self.config.models), self.tasks, self.config.model_names)
+
+    async def _load_version(self, version: ModelVersion) -> None:
+        key = (version.name, version.version)
+        self.registry.states[key] = (LOADING, "")
+        try:
+            model = await asyncio.to_thread(self._build_verified, version)
+        finally:
+            self.registry.states.pop(key, None)
+        model.start_serving()
+        self.registry.add(version.name, version.version, model)
+        metrics.MODEL_READY.labels(self.service, *version.metric_labels).set(1)
+        log.info(
+            "serving %s v%d (%s; %s, %s)",
+            version.name,
+            version.version,
+            model.describe(),
+            _quantization(version),
+            model.runner.provider,
+        )
+
+    async def _follow_repository(self) -> None:
+        """Until cancelled: look at the repository and load or unload what changed."""
+        looked: dict[tuple[str, int], Fingerprint] = {}  # a new version's files at the previous look
+        while True:
+            forced = await self._next_look()
+            try:
+                found = {(version.name, version.version): version for version in self._discover()}
+            except (ModelFailure, OSError, ValueError) as error:  # e.g. a manifest still being copied
+                log.warning("model repository not read (%s); serving what is loaded", error)
+                continue
+            for key in sorted(self.registry.loaded() - found.keys()):
+                await self._unload(*key)
+            for key in [key for key in self._failed if key not in found]:
+                del self._failed[key]
+                self.registry.states.pop(key, None)
+            for key in sorted(found.keys() - self.registry.loaded()):
+                fingerprint = folder_fingerprint(found[key].folder)
+                settled = forced or looked.get(key) == fingerprint
+                looked[key] = fingerprint
+                if settled and self._failed.get(key) != fingerprint:
+                    await self._try_new_version(found[key], fingerprint)
+
+    async def _next_look(self) -> bool:
+        """Wait for the next look; True when SIGHUP asked for it."""
+        try:
+            await asyncio.wait_for(self._rescan_now.wait(), self.config.repository_poll_s or None)
+        except TimeoutError:
+            return False
+        self._rescan_now.clear()
+        return True
+
+    async def _try_new_version(self, version: ModelVersion, fingerprint: Fingerprint) -> None:
+        try:
+            await self._load_version(version)
+        except Exception as error:  # any failure of a new version: the versions before it keep serving
+            self._failed[(version.name, version.version)] = fingerprint
+            self.registry.states[(version.name, version.version)] = (FAILED, str(error))
+            metrics.MODEL_LOAD_FAILURES.labels(self.service, *version.metric_labels).inc()
+            log.error("cannot load %s v%d; the versions before it keep serving: %s", version.name, version.version,
+                      error)  # fmt: skip
+        else:
+            self._failed.pop((version.name, version.version), None)
+
+    async def _unload(self, name: str, version: int) -> None:
+        model = self.registry.remove(name, version)
+        self.registry.states[(name, version)] = (UNLOADING, "its folder left the repository")
+        metrics.MODEL_READY.labels(self.service, *model.version.metric_labels).set(0)
+        log.info("%s v%d left the repository: unloading it once it has finished its work", name, version)
+        await asyncio.sleep(UNLOAD_GRACE_S)
+        await model.aclose()
+        self.registry.states.pop((name, version), None)
+        log.info("%s v%d unloaded", name, version)
 
     def _build_verified(self, version: ModelVersion) -> M:
         version.verify()
@@ -144,13 +229,17 @@ class ModelService(Generic[M]):
         return model
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
         for _, _, model, _ in self.registry:
-            metrics.MODEL_READY.labels(self.service, model.version.label).set(0)
+            metrics.MODEL_READY.labels(self.service, *model.version.metric_labels).set(0)
             await model.aclose()
 
 
-def model_listing(registry: Registry[M]) -> Iterator[tuple[dict[str, Any], M]]:
-    """ListModels' rows: the fields every service's ModelInfo has, and the model for the service's own."""
+def model_listing(registry: Registry[M]) -> Iterator[tuple[dict[str, Any], M | None]]:
+    """ListModels' rows: the fields every service's ModelInfo has, and the model for the service's own (None for
+    a version that does not serve: loading, unloading or failed)."""
     for name, version, model, is_default in registry:
         common = {
             "name": name,
@@ -158,8 +247,11 @@ def model_listing(registry: Registry[M]) -> Iterator[tuple[dict[str, Any], M]]:
             "is_default": is_default,
             "quantization": _quantization(model.version),
             "execution_provider": model.runner.provider,
+            "status": f"MODEL_STATUS_{READY}",
         }
         yield common, model
+    for (name, version), (status, message) in sorted(registry.states.items()):
+        yield {"name": name, "version": version, "status": f"MODEL_STATUS_{status}", "status_message": message}, None
 
 
 def _quantization(version: ModelVersion) -> str:

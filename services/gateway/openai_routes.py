@@ -128,11 +128,12 @@ class OpenAIRoutes:
         return await self._answer(request, "ListModels", respond)
 
     async def _model_names(self, call: CallContext) -> list[str]:
-        """The generator models, and the embedding models the classifier replicas serve."""
+        """The generator models, and the embedding models the classifier replicas serve (ready ones: a failed
+        version is listed without a kind)."""
         names = []
         if self._generator is not None:
             listed = await self._generator.unary("ListModels", generator_pb2.ListModelsRequest(), call)
-            names += [model.name for model in listed.models]
+            names += [model.name for model in listed.models if model.status == generator_pb2.MODEL_STATUS_READY]
         listed = await self._classifier.unary("ListModels", classifier_pb2.ListModelsRequest(), call)
         names += [model.name for model in listed.models if model.kind == classifier_pb2.MODEL_KIND_EMBEDDING]
         return names

@@ -66,7 +66,7 @@ class GeneratorModel:
         self.decoder = DecoderRunner(runner, manifest)
         self._label = version.label
         self._prepare_pool = prepare_pool
-        self.scheduler = ContinuousScheduler(self.decoder, budgets, self.pad_id, self._label, on_fatal)
+        self.scheduler = ContinuousScheduler(self.decoder, budgets, self.pad_id, version, on_fatal)
 
     def start_serving(self) -> None:
         self.scheduler.start()

@@ -12,8 +12,8 @@ SERVICE = "generator"
 
 
 class SchedulerMetrics:
-    def __init__(self, policy: SchedulingPolicy, model_label: str) -> None:
-        self._labels = (SERVICE, model_label)
+    def __init__(self, policy: SchedulingPolicy, model_labels: tuple[str, str]) -> None:
+        self._labels = (SERVICE, *model_labels)
         self._max_running = policy.budgets.max_running_sequences
         labels = self._labels
         metrics.RUNNING_SEQUENCES.labels(*labels).set_function(lambda: sum(1 for s in policy.running if s.active))

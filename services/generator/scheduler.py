@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from services.core.errors import DeadlineExceeded, ModelFailure, Unavailable
+from services.core.repository import ModelVersion
 from services.core.runner import FailureStreak, RunStop, RunStopped
 from services.generator.decoder import DecoderRunner
 from services.generator.executor import StepExecutor, StepResult
@@ -39,13 +40,13 @@ class ContinuousScheduler:
         decoder: DecoderRunner,
         budgets: SchedulerBudgets,
         pad_id: int,
-        model_label: str,
+        model: ModelVersion,
         on_fatal: Callable[[str], None],
     ) -> None:
         self.policy = SchedulingPolicy(budgets)
         self._executor = StepExecutor(decoder, pad_id)
-        self._metrics = SchedulerMetrics(self.policy, model_label)
-        self._label = model_label
+        self._metrics = SchedulerMetrics(self.policy, model.metric_labels)
+        self._label = model_label = model.label
         self._decode_stop: RunStop | None = None  # set while a decode that a newcomer may stop is running
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{model_label}")

@@ -139,7 +139,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> generator_pb2.ListModelsResponse:
         return generator_pb2.ListModelsResponse(
             models=[
-                generator_pb2.ModelInfo(
+                generator_pb2.ModelInfo(**common)
+                if model is None
+                else generator_pb2.ModelInfo(
                     **common,
                     max_input_tokens=model.max_input_tokens,
                     max_new_tokens=self._limits.max_new_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -87,15 +88,21 @@ def spawned_service(
     The caller waits for SERVING; a child still running when the block ends is killed."""
     port = free_port()
     listen = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
-    child = subprocess.Popen(
-        [sys.executable, "-m", module, "--models", str(models), *listen, *flags],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # The log goes to a file (a pipe nobody reads while the child runs would fill up); child.stderr reads it back.
+    descriptor, log = tempfile.mkstemp(prefix=f"{module}-", suffix=".log")
+    with os.fdopen(descriptor, "wb") as sink:
+        child = subprocess.Popen(
+            [sys.executable, "-m", module, "--models", str(models), *listen, *flags],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    child.stderr = open(log, "rb")  # closed below, with the child
     try:
         yield child, f"127.0.0.1:{port}"
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stderr.close()
+        os.unlink(log)

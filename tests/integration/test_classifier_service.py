@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.classifier.app import ClassifierApp
 from services.core.listener import serve_metrics
@@ -64,7 +64,7 @@ async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_rep
 
 async def test_without_batch_invariance_int8_texts_share_runs(classifier, model_repo: Path) -> None:
     """--no-batch-invariant: the int8 model's texts are padded into shared runs (and their scores may move)."""
-    labels = {"service": "classifier", "model": "intent/2"}
+    labels = {"service": "classifier", "model": "intent", "version": "2"}
     before = REGISTRY.get_sample_value("ecomserve_inference_runs_total", labels) or 0.0
     async with classifier(batch_invariant=False, run_overhead_tokens=1000) as app, stub_for(app) as stub:
         response = await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS))
@@ -72,8 +72,8 @@ async def test_without_batch_invariance_int8_texts_share_runs(classifier, model_
     assert (REGISTRY.get_sample_value("ecomserve_inference_runs_total", labels) or 0.0) - before < len(TEXTS)
 
 
-@pytest.mark.parametrize(("model", "label"), [("sentiment", "sentiment/1"), ("intent", "intent/2")])
-async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier, model, label) -> None:
+@pytest.mark.parametrize(("model", "version"), [("sentiment", "1"), ("intent", "2")])
+async def test_concurrent_requests_are_batched_together_visible_in_metrics(classifier, model, version) -> None:
     """The int8 `intent` v2 too: its texts are batched together, though each then runs on its own."""
     port = free_port()
     serve_metrics("127.0.0.1", port)
@@ -82,19 +82,22 @@ async def test_concurrent_requests_are_batched_together_visible_in_metrics(class
             *(stub.Classify(pb.ClassifyRequest(model=model, texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
         )
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+    samples = [sample for family in text_string_to_metric_families(body) for sample in family.samples]
 
-    def value(metric: str) -> float:
-        match = re.search(rf'^{metric}\{{model="{label}",service="classifier"\}} (\S+)$', body, re.MULTILINE)
-        assert match, f"{metric} missing from /metrics"
-        return float(match.group(1))
+    def value(metric: str, **extra: str) -> float:
+        """The metric of this model version (model and version are separate labels)."""
+        wanted = {"service": "classifier", "model": model, "version": version, **extra}
+        found = [s.value for s in samples if s.name == metric and wanted.items() <= s.labels.items()]
+        assert found, f"{metric} of {model} v{version} missing from /metrics"
+        return found[0]
 
     assert value("ecomserve_batch_items_total") / value("ecomserve_batches_total") > 1
     assert "ecomserve_padding_efficiency_ratio_bucket" in body
-    assert f'ecomserve_runtime_info{{model="{label}",provider="CPUExecutionProvider"' in body
+    assert value("ecomserve_runtime_info", provider="CPUExecutionProvider") == 1
 
 
 async def test_a_batch_is_split_by_length_into_runs_without_padding_waste(classifier, model_repo: Path) -> None:
-    labels = {"service": "classifier", "model": "sentiment/1"}
+    labels = {"service": "classifier", "model": "sentiment", "version": "1"}
 
     def sample(name: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

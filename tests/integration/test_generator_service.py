@@ -61,7 +61,8 @@ def torch_greedy(model_dir: Path, prompt: str, max_new_tokens: int) -> tuple[str
 
 
 def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, {"service": "generator", **labels}) or 0.0
+    """A metric of the `llama` v1 generator."""
+    return REGISTRY.get_sample_value(name, {"service": "generator", "model": "llama", "version": "1", **labels}) or 0.0
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
@@ -85,9 +86,7 @@ async def test_a_sequence_decodes_the_same_while_others_join_and_leave(generator
     async with generator(max_running_sequences=8) as app, generator_stub_for(app) as stub:
         alone = await stub.Generate(request(prompt=PROMPTS[1], max_new_tokens=40))
         sampled_alone = await stub.Generate(request(prompt=PROMPTS[2], max_new_tokens=30, temperature=1.0, seed=11))
-        shared_before = metric("ecomserve_batch_size_count", model="llama/1") - metric(
-            "ecomserve_batch_size_bucket", model="llama/1", le="1.0"
-        )
+        shared_before = metric("ecomserve_batch_size_count") - metric("ecomserve_batch_size_bucket", le="1.0")
 
         texts: list[str] = []
         call = stub.GenerateStream(request(prompt=PROMPTS[1], max_new_tokens=40))
@@ -105,9 +104,7 @@ async def test_a_sequence_decodes_the_same_while_others_join_and_leave(generator
         results = await asyncio.gather(*joiners)
         assert "".join(texts) == alone.text
         assert results[2].text == sampled_alone.text, "a seeded sequence must not depend on its batch mates"
-        shared_after = metric("ecomserve_batch_size_count", model="llama/1") - metric(
-            "ecomserve_batch_size_bucket", model="llama/1", le="1.0"
-        )
+        shared_after = metric("ecomserve_batch_size_count") - metric("ecomserve_batch_size_bucket", le="1.0")
         assert shared_after > shared_before, "the sequences never shared a decode step"
 
 
@@ -203,7 +200,7 @@ async def test_chat_messages_use_the_chat_template(generator, causal_lms: dict[s
 
 async def test_cancelling_a_stream_frees_its_slot(generator) -> None:
     async with generator(max_running_sequences=1) as app, generator_stub_for(app) as stub:
-        cancelled_before = metric("ecomserve_finished_sequences_total", model="llama/1", finish_reason="cancelled")
+        cancelled_before = metric("ecomserve_finished_sequences_total", finish_reason="cancelled")
         call = stub.GenerateStream(request(prompt=PROMPTS[0], max_new_tokens=250, temperature=1.0, seed=1))
         received = 0
         async for _ in call:
@@ -214,7 +211,7 @@ async def test_cancelling_a_stream_frees_its_slot(generator) -> None:
         # The only slot must come free: a new request completes.
         response = await asyncio.wait_for(stub.Generate(request(prompt=PROMPTS[1], max_new_tokens=3)), 20)
         assert response.usage.completion_tokens >= 1
-        cancelled = metric("ecomserve_finished_sequences_total", model="llama/1", finish_reason="cancelled")
+        cancelled = metric("ecomserve_finished_sequences_total", finish_reason="cancelled")
         assert cancelled == cancelled_before + 1
         _, model = app.registry.get("llama")
         assert model.scheduler.running == 0
@@ -227,7 +224,7 @@ async def test_waiting_requests_are_bounded(generator) -> None:
         await running.read()
         waiting = asyncio.ensure_future(stub.Generate(request(prompt=PROMPTS[1], max_new_tokens=2)))
         for _ in range(200):
-            if metric("ecomserve_waiting_sequences", model="llama/1") == 1:
+            if metric("ecomserve_waiting_sequences") == 1:
                 break
             await asyncio.sleep(0.01)
         with pytest.raises(grpc.aio.AioRpcError) as refused:

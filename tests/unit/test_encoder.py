@@ -54,7 +54,8 @@ async def running_encoder(folder: Path, **batching: Any) -> AsyncIterator[tuple[
 
 def runs_of(service: str, encoder: BatchedEncoder) -> float:
     value = REGISTRY.get_sample_value(
-        "ecomserve_inference_runs_total", {"service": service, "model": encoder.version.label}
+        "ecomserve_inference_runs_total",
+        {"service": service, "model": encoder.version.name, "version": str(encoder.version.version)},
     )
     return value or 0.0
 
@@ -109,7 +110,7 @@ async def test_over_long_text_is_refused_or_truncated_as_asked(model_repo: Path)
 
 
 def batches_of(service: str, encoder: BatchedEncoder) -> tuple[float, float]:
-    labels = {"service": service, "model": encoder.version.label}
+    labels = {"service": service, "model": encoder.version.name, "version": str(encoder.version.version)}
     return tuple(  # type: ignore[return-value]
         REGISTRY.get_sample_value(name, labels) or 0.0
         for name in ("ecomserve_batches_total", "ecomserve_batch_items_total")

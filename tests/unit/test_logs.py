@@ -9,7 +9,17 @@ import logging
 
 import pytest
 
-from services.core.logs import CallContextFilter, JsonFormatter, TextFormatter, add_tokens, log_access, note, open_call
+from services.core import logs
+from services.core.logs import (
+    CallContextFilter,
+    JsonFormatter,
+    RefusalLines,
+    TextFormatter,
+    add_tokens,
+    log_access,
+    note,
+    open_call,
+)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -66,3 +76,21 @@ def test_the_access_line_adds_up_what_the_call_noted(caplog: pytest.LogCaptureFi
     assert fields["method"] == "WriteMarketingCopy" and fields["code"] == "OK" and fields["latency_ms"] >= 0
     assert (fields["api_key"], fields["model"], fields["version"]) == ("shop-a", "llama", 2)
     assert (fields["tokens_in"], fields["tokens_out"]) == (20, 10)
+
+
+def test_refusals_get_a_limited_number_of_lines_and_the_next_line_counts_the_rest(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "REFUSAL_LINES", RefusalLines(per_s=3))
+
+    def overload() -> None:
+        call = open_call("req-1")
+        for _ in range(10):
+            log_access(call, "Classify", "RESOURCE_EXHAUSTED")
+        log_access(call, "Classify", "OK")  # never limited
+
+    with caplog.at_level(logging.INFO, logger="ecomserve.access"):
+        contextvars.copy_context().run(overload)
+    codes = [record.access["code"] for record in caplog.records]  # type: ignore[attr-defined]
+    assert codes == ["RESOURCE_EXHAUSTED"] * 3 + ["OK"]
+    assert caplog.records[-1].access["refusals_not_logged"] == 7  # type: ignore[attr-defined]

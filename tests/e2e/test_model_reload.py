@@ -1,0 +1,131 @@
+"""Model versions change under a running classifier: a version copied into the repository takes over while 32
+callers keep calling (every call succeeds), a removed version is unloaded, and a broken one is shown FAILED,
+counted, and never served until its files are fixed."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from ecomserve.classifier.v1 import classifier_pb2 as pb
+from ecomserve.classifier.v1 import classifier_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.dev.launcher import free_port
+from tests.e2e.conftest import Launcher, Process
+
+pytestmark = pytest.mark.e2e
+
+CALLERS = 32
+POLL_S = "0.3"
+
+
+def start_classifier(launcher: Launcher, repository: Path, metrics_port: int) -> Process:
+    return launcher.start(
+        "services.classifier", "--models", str(repository), "--model-names", "intent",
+        "--repository-poll-s", POLL_S, "--metrics-port", str(metrics_port),
+    ).wait_serving()  # fmt: skip
+
+
+def listed(stub: classifier_pb2_grpc.ClassifierServiceStub) -> dict[int, pb.ModelInfo]:
+    return {model.version: model for model in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = {"service": "classifier", "model": "intent", **labels}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and wanted.items() <= sample.labels.items()
+    )
+
+
+def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
+    launcher: Launcher, model_repo: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "1")
+    metrics_port = free_port()
+    classifier = start_classifier(launcher, repository, metrics_port)
+    answered: list[list[int]] = [[] for _ in range(CALLERS)]  # versions that answered, per caller
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def caller(index: int) -> None:
+        with grpc.insecure_channel(classifier.address) as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    reply = stub.Classify(pb.ClassifyRequest(model="intent", texts=["where is my order"]), timeout=30)
+                    answered[index].append(reply.version)
+                except grpc.RpcError as error:
+                    failures.append(f"{error.code().name}: {error.details()}")
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
+    for thread in threads:
+        thread.start()
+    with grpc.insecure_channel(classifier.address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        try:
+            wait_until(lambda: all(answered), "every caller got an answer from v1")
+            shutil.copytree(model_repo / "intent" / "2", repository / "intent" / "2")
+            wait_until(lambda: all(versions[-1] == 2 for versions in answered), "answers switched to v2")
+            assert listed(stub)[2].is_default and listed(stub)[2].status == pb.MODEL_STATUS_READY
+
+            shutil.rmtree(repository / "intent" / "1")
+            wait_until(lambda: 1 not in listed(stub), "v1 was unloaded")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert not failures, failures[:5]
+    assert all(versions[0] == 1 and versions[-1] == 2 for versions in answered)
+    assert all(versions == sorted(versions) for versions in answered), "an answer went back to v1"
+    assert metric(metrics_port, "ecomserve_model_ready", version="1") == 0
+    assert metric(metrics_port, "ecomserve_model_ready", version="2") == 1
+
+
+def test_a_broken_new_version_never_replaces_a_working_one(
+    launcher: Launcher, model_repo: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "1")
+    metrics_port = free_port()
+    classifier = start_classifier(launcher, repository, metrics_port)
+    broken = repository / "intent" / "3"
+    shutil.copytree(model_repo / "intent" / "2", broken)
+    with (broken / "model.onnx").open("ab") as model_file:
+        model_file.write(b"not the exported bytes")
+    with grpc.insecure_channel(classifier.address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        wait_until(lambda: 3 in listed(stub), "the broken version is listed")
+        shown = listed(stub)[3]
+        assert shown.status == pb.MODEL_STATUS_FAILED and "sha256" in shown.status_message and not shown.is_default
+        assert listed(stub)[1].is_default
+        reply = stub.Classify(pb.ClassifyRequest(model="intent", texts=["refund please"]), timeout=30)
+        assert reply.version == 1
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(pb.ClassifyRequest(model="intent", version=3, texts=["refund please"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert metric(metrics_port, "ecomserve_model_load_failures_total", version="3") == 1
+
+        shutil.copyfile(model_repo / "intent" / "2" / "model.onnx", broken / "model.onnx")  # fixed: tried again
+        wait_until(lambda: listed(stub)[3].status == pb.MODEL_STATUS_READY, "the fixed version is served")
+        assert stub.Classify(pb.ClassifyRequest(model="intent", texts=["refund please"]), timeout=30).version == 3
+        assert metric(metrics_port, "ecomserve_model_load_failures_total", version="3") == 1
