@@ -1,5 +1,6 @@
 """Versioned prompt templates, read from files: <folder>/<operation>/v<N>.toml, where an operation may have
-kinds in subfolders (marketing_copy/sms/v1.toml is version 1 of operation "marketing_copy/sms").
+kinds in subfolders (marketing_copy/sms/v1.toml is version 1 of operation "marketing_copy/sms"), or flat, as a
+Kubernetes ConfigMap holds them: <folder>/<operation with dots>.v<N>.toml (marketing_copy.sms.v1.toml).
 
 A template holds chat messages whose contents are Jinja (sandboxed, undefined variables are errors), the sampling
 settings that suit it and, optionally, the length its text may have. The gateway renders them into the
@@ -22,7 +23,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.core import errors
 
-VERSION_FILE = re.compile(r"^v(\d+)\.toml$")
+# v<N>.toml in the operation's folder, or <operation>.v<N>.toml with the operation's folders joined by dots.
+VERSION_FILE = re.compile(r"^(?:(?P<operation>\w+(?:\.\w+)*)\.)?v(?P<version>\d+)\.toml$")
 ROLES = ("system", "user", "assistant")
 
 
@@ -101,8 +103,9 @@ class PromptTemplates:
         for path in template_files(folder):
             match = VERSION_FILE.match(path.name)
             if match:
-                operation = path.parent.relative_to(folder).as_posix()
-                templates.append(_parse(path, operation, int(match.group(1)), environment))
+                parts = [*path.parent.relative_to(folder).parts, *(match["operation"] or "").split(".")]
+                operation = "/".join(part for part in parts if part)
+                templates.append(_parse(path, operation, int(match["version"]), environment))
         return cls(templates)
 
     def replace_with(self, other: PromptTemplates) -> None:
@@ -137,7 +140,7 @@ def template_files(folder: Path) -> list[Path]:
     Kubernetes ConfigMap volume needs (its files are links into a hidden ..data folder); pathlib's ** does neither."""
     if not folder.is_dir():
         raise ValueError(f"prompt template folder {folder} does not exist")
-    return sorted(Path(path) for path in glob.glob(str(folder / "**" / "v*.toml"), recursive=True))
+    return sorted(Path(path) for path in glob.glob(str(folder / "**" / "*.toml"), recursive=True))
 
 
 def _parse(path: Path, operation: str, version: int, environment: ImmutableSandboxedEnvironment) -> PromptTemplate:

@@ -4,11 +4,14 @@ ports that exist. The services' own config code reads the settings, as it would 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.core.server import LIVENESS_SERVICE
+from services.gateway.config import PACKAGE_DIR
+from services.gateway.templates import PromptTemplates
 from tests.deploy.manifests import (
     COMPONENTS,
     OVERLAYS,
@@ -243,3 +246,37 @@ def test_the_kserve_runtime_runs_the_classifier_on_the_port_kserve_routes_grpc_t
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["protocolVersion"] == "grpc-v2"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_reads_routing_and_templates_from_config_maps_that_start_as_its_defaults(
+    overlay: str, tmp_path: Path
+) -> None:
+    """A prompt change is a ConfigMap change: the gateway's routing file and template folder are ConfigMap mounts
+    (re-read when they change), holding what the image holds until someone edits them."""
+    docs = render(overlay)
+    config_maps = of_kind(docs, "ConfigMap")
+    (gateway, _, config) = next(d for d in deployments(overlay) if d[1].name == "gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounted = {
+        mount["mountPath"]: config_maps[volumes[mount["name"]]["configMap"]["name"]]["data"]
+        for mount in pod["containers"][0]["volumeMounts"]
+        if "configMap" in volumes[mount["name"]]
+    }
+    routing = Path(config.routing_file)
+    assert mounted[str(routing.parent)][routing.name] == (PACKAGE_DIR / "routing.toml").read_text()
+
+    templates = tmp_path / "templates"  # the ConfigMap as the pod sees it
+    templates.mkdir()
+    for name, text in mounted[config.templates].items():
+        (templates / name).write_text(text)
+    shipped, default = PromptTemplates.load(templates), PromptTemplates.load(PACKAGE_DIR / "templates")
+    assert shipped.operations() == default.operations()
+    for operation in default.operations():
+        assert [t.version for t in shipped.versions(operation)] == [t.version for t in default.versions(operation)]
+        for template in default.versions(operation):
+            flat = f"{operation.replace('/', '.')}.v{template.version}.toml"
+            assert (templates / flat).read_text() == (
+                PACKAGE_DIR / "templates" / operation / f"v{template.version}.toml"
+            ).read_text()
