@@ -152,6 +152,7 @@ bench: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m bench.generator --models $(MODELS) | tee bench/results/generator.json
 	$(PY) -m bench.gateway --models $(MODELS) | tee bench/results/gateway.json
 	$(PY) -m bench.marketing --models $(MODELS) | tee bench/results/marketing.json
+	$(PY) -m bench.tracing --models $(MODELS) | tee bench/results/tracing.json
 	$(PY) -m bench.overload --models $(MODELS) | tee bench/results/overload.json
 
 serve-classifier: $(PB_STAMP)

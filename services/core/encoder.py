@@ -29,9 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry.context import Context
 from tokenizers import Tokenizer
 
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.batcher import DynamicBatcher
 from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
@@ -67,10 +68,20 @@ class EncoderItem:
     ids: np.ndarray
     type_ids: np.ndarray
     queued_at: float  # time.perf_counter() when tokenized, i.e. when it joined the queue
+    trace: Context | None = None  # its call's trace context, when tracing is on
 
     @property
     def length(self) -> int:
         return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """When one onnxruntime run started and ended (time.perf_counter()), and its real / padded tokens."""
+
+    started: float
+    ended: float
+    padding_efficiency: float
 
 
 @dataclass(frozen=True)
@@ -189,7 +200,8 @@ class BatchedEncoder:
         if len(texts) == 1 and self.batcher.idle and self._direct_slots.acquire(blocking=False):
             return [await self._encode_directly(texts[0], truncate)]
         loop = asyncio.get_running_loop()
-        tokenized = await loop.run_in_executor(self._tokenize_pool, self._tokenize, texts, truncate)
+        trace = tracing.current_context()
+        tokenized = await loop.run_in_executor(self._tokenize_pool, self._tokenize, texts, truncate, trace)
         rows = await self.batcher.submit_many([item for item, _ in tokenized], deadline)
         return [
             EncodedText(row, item.length, truncated) for row, (item, truncated) in zip(rows, tokenized, strict=True)
@@ -202,7 +214,9 @@ class BatchedEncoder:
         self._direct_runs += 1
         loop = asyncio.get_running_loop()
         try:
-            running = loop.run_in_executor(self._infer_pool, self._run_alone, text, truncate, runner)
+            running = loop.run_in_executor(
+                self._infer_pool, self._run_alone, text, truncate, runner, tracing.current_context()
+            )
         except RuntimeError:  # the pool is shut down (closing): the run never starts, so its slot comes back here
             self._direct_runs -= 1
             self._direct_slots.release()
@@ -217,14 +231,16 @@ class BatchedEncoder:
         self._failures.succeeded()
         return encoded
 
-    def _run_alone(self, text: str, truncate: bool, runner: OnnxRunner) -> EncodedText:
+    def _run_alone(self, text: str, truncate: bool, runner: OnnxRunner, trace: Context | None) -> EncodedText:
         """On an inference thread: tokenize one text and run it on `runner`, recorded as a batch of one; gives
         its direct slot back when done."""
         try:
-            [(item, truncated)] = self._tokenize([text], truncate)
-            self._record_batch([item], time.perf_counter())
-            [row] = self._timed_forward([item], runner)
+            [(item, truncated)] = self._tokenize([text], truncate, trace)
+            started = time.perf_counter()
+            self._record_batch([item], started)
+            [row], timing = self._timed_forward([item], runner)
             metrics.INFERENCE_RUNS.labels(*self._labels).inc()
+            _trace_batch([item], [[0]], [timing], started)
             return EncodedText(row, item.length, truncated)
         finally:
             self._direct_slots.release()
@@ -242,7 +258,8 @@ class BatchedEncoder:
         """Hand the batch's runs to the inference threads now, on the loop, and return an awaitable of the
         output row per item (the batcher delivers the previous batch's results while these run)."""
         loop = asyncio.get_running_loop()
-        self._record_batch(items, time.perf_counter())
+        started = time.perf_counter()
+        self._record_batch(items, started)
         lengths = [item.length for item in items]
         if self.one_text_per_run:
             groups = [[index] for index in range(len(items))]
@@ -253,14 +270,21 @@ class BatchedEncoder:
         # however many runs, and no thread idles while runs wait.
         waiting = deque((index, [items[i] for i in run]) for index, run in enumerate(runs))
         outputs: list[list[np.ndarray]] = [[] for _ in runs]
+        timings: list[RunTiming | None] = [None] * len(runs)
         running = [
-            loop.run_in_executor(self._infer_pool, self._run_waiting, waiting, outputs)
+            loop.run_in_executor(self._infer_pool, self._run_waiting, waiting, outputs, timings)
             for _ in range(min(self._inference_threads, len(runs)))
         ]
-        return self._collect(runs, outputs, running, len(items))
+        return self._collect(items, runs, outputs, timings, running, started)
 
     async def _collect(
-        self, runs: list[list[int]], outputs: list[list[np.ndarray]], running: list[asyncio.Future[None]], count: int
+        self,
+        items: list[EncoderItem],
+        runs: list[list[int]],
+        outputs: list[list[np.ndarray]],
+        timings: list[RunTiming | None],
+        running: list[asyncio.Future[None]],
+        started: float,
     ) -> list[np.ndarray | BaseException]:
         try:
             await asyncio.gather(*running)
@@ -268,13 +292,16 @@ class BatchedEncoder:
             self._failures.failed(failure)
             raise
         self._failures.succeeded()
-        results: list[np.ndarray | BaseException] = [np.empty(0)] * count
+        _trace_batch(items, runs, timings, started)
+        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
         for run, rows in zip(runs, outputs, strict=True):
             for index, row in zip(run, rows, strict=True):
                 results[index] = row
         return results
 
-    def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[tuple[EncoderItem, bool]]:
+    def _tokenize(
+        self, texts: Sequence[str], truncate: bool, trace: Context | None = None
+    ) -> list[tuple[EncoderItem, bool]]:
         encodings = self._tokenizer.encode_batch(list(texts))
         now = time.perf_counter()
         items = []
@@ -286,30 +313,38 @@ class BatchedEncoder:
                     "shorten it or set truncate=true"
                 )
             ids = np.asarray(encoding.ids, dtype=np.int64)
-            items.append((EncoderItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now), truncated))
+            items.append((EncoderItem(ids, np.asarray(encoding.type_ids, dtype=np.int64), now, trace), truncated))
         return items
 
-    def _run_waiting(self, waiting: deque[tuple[int, list[EncoderItem]]], outputs: list[list[np.ndarray]]) -> None:
-        """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output stored at
-        its run's index and recorded in the run metrics."""
+    def _run_waiting(
+        self,
+        waiting: deque[tuple[int, list[EncoderItem]]],
+        outputs: list[list[np.ndarray]],
+        timings: list[RunTiming | None],
+    ) -> None:
+        """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output and timing
+        stored at its run's index and recorded in the run metrics."""
         runs = 0
         while True:
             try:
                 index, items = waiting.popleft()  # atomic: the threads share the queue without a lock
             except IndexError:
                 break
-            outputs[index] = self._timed_forward(items)
+            outputs[index], timings[index] = self._timed_forward(items)
             runs += 1
         metrics.INFERENCE_RUNS.labels(*self._labels).inc(runs)
 
-    def _timed_forward(self, items: list[EncoderItem], runner: OnnxRunner | None = None) -> list[np.ndarray]:
+    def _timed_forward(
+        self, items: list[EncoderItem], runner: OnnxRunner | None = None
+    ) -> tuple[list[np.ndarray], RunTiming]:
         """One run, recorded in inference_duration_seconds and padding_efficiency_ratio."""
         labels = self._labels
         started = time.perf_counter()
         rows, padding_efficiency = self._forward(items, runner)
-        metrics.INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        ended = time.perf_counter()
+        metrics.INFERENCE_DURATION.labels(*labels).observe(ended - started)
         metrics.PADDING_EFFICIENCY.labels(*labels).observe(padding_efficiency)
-        return rows
+        return rows, RunTiming(started, ended, padding_efficiency)
 
     def _forward(self, items: list[EncoderItem], runner: OnnxRunner | None = None) -> tuple[list[np.ndarray], float]:
         """Pad the items to the longest and run them (on `runner`, by default the batches' runner); returns their
@@ -325,3 +360,23 @@ class BatchedEncoder:
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         (output,) = (runner or self.runner).run({n: available[n] for n in self._feed_names}, [self._output_name])
         return list(output), float(mask.sum()) / mask.size
+
+
+def _trace_batch(
+    items: list[EncoderItem], runs: list[list[int]], timings: Sequence[RunTiming | None], started: float
+) -> None:
+    """For each traced item: its wait in the queue, the batch it joined and the onnxruntime run that held it."""
+    ended = time.perf_counter()
+    for run, timing in zip(runs, timings, strict=True):
+        for index in run:
+            item = items[index]
+            if item.trace is None or timing is None:
+                continue
+            tracing.span_between("classifier.queue", item.trace, item.queued_at, started)
+            batch = tracing.span_between(
+                "classifier.batch", item.trace, started, ended, **{"batch.size": len(items), "batch.runs": len(runs)}
+            )
+            tracing.span_between(
+                "onnxruntime.run", batch, timing.started, timing.ended,
+                **{"run.rows": len(run), "run.padding_efficiency": round(timing.padding_efficiency, 4)},
+            )  # fmt: skip

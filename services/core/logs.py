@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.core import metrics
+from services.core import metrics, tracing
 
 LOG_FORMATS = ("text", "json")
 ACCESS_LOGGER = "ecomserve.access"
@@ -57,6 +57,8 @@ def open_call(request_id: str = "", traceparent: str | None = None) -> CallLog:
     call = CallLog(time.perf_counter(), request_id=request_id)
     if match:
         call.traceparent, call.trace_id = match.group(0), match.group(1)
+    elif tracing.active():  # a trace the server span started
+        call.trace_id = tracing.current_trace_id()
     CURRENT_CALL.set(call)
     return call
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core import config as config_parsing
-from services.core import errors, metrics, wire
+from services.core import errors, metrics, tracing, wire
 from services.core.inflight import InflightCalls
 from services.core.listener import serve_metrics
 from services.core.logs import configure_logging
@@ -82,7 +82,8 @@ class ServingServer:
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
             ]
-        self.server = grpc.aio.server(interceptors=[StatusInterceptor(self.calls)], options=options)
+        interceptors = [*tracing.server_interceptors(), StatusInterceptor(self.calls)]  # the span outermost
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         register(self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -237,6 +238,8 @@ def serve_main(
         config_class, component, argv, prog=f"python -m services.{component}", description=description
     )
     configure_logging(config.log_level, config.log_format, component)
+    if tracing.configure_tracing(component):
+        log.info("tracing: spans go over OTLP as the OTEL_* environment variables say")
     log.info("effective config:\n%s", config_parsing.describe(config))
     try:
         serve_metrics(config.metrics_host, config.metrics_port)

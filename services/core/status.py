@@ -32,8 +32,6 @@ STATUS_OF: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 INTERNAL_MESSAGE = "internal error; it was logged on the server"
-# The project's own RPCs (our protos, and the Open Inference Protocol's) as opposed to health and reflection.
-SERVED_PREFIXES = ("/ecomserve.", "/inference.")
 
 
 def status_of(error: BaseException) -> grpc.StatusCode:
@@ -58,7 +56,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         full_method = handler_call_details.method or ""
-        if handler is None or not full_method.startswith(SERVED_PREFIXES):
+        if handler is None or not full_method.startswith(wire.SERVED_PREFIXES):
             return handler
         # A method's handler never changes: wrap it once, not on every call.
         wrapped = self._wrapped.get(full_method)

@@ -13,3 +13,6 @@ PREVIOUS_ATTEMPTS = "ecomserve-previous-attempts"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The embedded default generator (`python -m export defaults`).
 DEFAULT_GENERATOR_MODEL = "smollm2-135m-instruct"
+
+# The project's own gRPC services (our protos, and the Open Inference Protocol's), as opposed to health and reflection.
+SERVED_PREFIXES = ("/ecomserve.", "/inference.")

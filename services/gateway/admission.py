@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping
 
-from services.core import errors, metrics
+from services.core import errors, metrics, tracing
 from services.core.logs import note
 from services.core.wire import REQUEST_ID
 from services.gateway.auth import ApiKeys, RateLimited, RateLimiter
@@ -47,7 +47,7 @@ class Admission:
             raise
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         note(api_key=caller, request_id=request_id)
-        return CallContext(caller=caller, request_id=request_id, deadline=deadline)
+        return CallContext(caller=caller, request_id=request_id, deadline=deadline, trace=tracing.current_context())
 
     def _authenticate(self, headers: Mapping[str, str], peer: str, request_id: str) -> str:
         """A valid key is always accepted (a peer address may be a proxy that other callers share too); a peer

@@ -22,8 +22,9 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.context import Context
 
-from services.core import errors, metrics, wire
+from services.core import errors, metrics, tracing, wire
 from services.core.logs import add_tokens, current_traceparent
 from services.core.tls import channel_credentials
 
@@ -55,11 +56,13 @@ class BackendTls:
 
 @dataclass(frozen=True)
 class CallContext:
-    """What the gateway knows about one incoming call: who, which request id, and until when (event-loop time)."""
+    """What the gateway knows about one incoming call: who, which request id, until when (event-loop time), and
+    its trace context when tracing is on (a coalesced backend call continues its first caller's trace)."""
 
     caller: str
     request_id: str
     deadline: float | None
+    trace: Context | None = None
 
 
 def channel_target(addresses: str) -> str:
@@ -175,10 +178,11 @@ class Backend:
         metrics.BACKEND_READY.labels(name).set(0)
 
     def _open_channel(self) -> grpc.aio.Channel:
+        interceptors = tracing.client_interceptors()  # a span per backend call, its context in the metadata
         if self.tls is None:
-            return grpc.aio.insecure_channel(self.target, options=self._options)
+            return grpc.aio.insecure_channel(self.target, options=self._options, interceptors=interceptors)
         credentials = channel_credentials(self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
-        return grpc.aio.secure_channel(self.target, credentials, options=self._options)
+        return grpc.aio.secure_channel(self.target, credentials, options=self._options, interceptors=interceptors)
 
     def _rpcs_of(self, channel: grpc.aio.Channel) -> dict[str, Any]:
         """Method name -> callable over `channel`, for every service of the backend."""
@@ -235,7 +239,8 @@ class Backend:
         code = grpc.StatusCode.OK
         try:
             rpc = self._rpcs[method]
-            pending = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
+            with tracing.attached(call.trace):  # the client span's parent, also from a background task
+                pending = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
             response = await pending
             self._count_retries(method, await pending.trailing_metadata())
             _note_usage(response)
@@ -252,7 +257,8 @@ class Backend:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         rpc = self._rpcs[method]
-        responses = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
+        with tracing.attached(call.trace):
+            responses = rpc(request, timeout=self.remaining_time(call), metadata=_metadata(call))
         try:
             async for response in responses:
                 _note_usage(response)
@@ -316,6 +322,7 @@ class Backend:
         previous = trailing.get(wire.PREVIOUS_ATTEMPTS) if trailing is not None else None
         if previous:
             metrics.BACKEND_RETRIES.labels(self.name, method).inc(int(previous))
+            tracing.add_event("backend retried", backend=self.name, method=method, attempts=int(previous) + 1)
 
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         metrics.BACKEND_REQUESTS.labels(self.name, method, code.name).inc()
@@ -323,8 +330,9 @@ class Backend:
 
 
 def _metadata(call: CallContext) -> tuple[tuple[str, str], ...]:
-    """The request id, and the caller's trace context so that the backend's log lines carry its trace id."""
-    traceparent = current_traceparent()
+    """The request id, and the caller's trace context so that the backend's log lines carry its trace id (with
+    tracing on, the client spans carry their own)."""
+    traceparent = "" if tracing.active() else current_traceparent()
     request_id = (wire.REQUEST_ID, call.request_id)
     return (request_id, (wire.TRACEPARENT, traceparent)) if traceparent else (request_id,)
 

@@ -102,6 +102,7 @@ class MessageClassifier:
             caller=",".join(sorted({call.caller for _, call in messages})),
             request_id=joined_request_ids([call.request_id for _, call in messages]),
             deadline=None if None in deadlines else max(d for d in deadlines if d is not None),
+            trace=messages[0][1].trace,
         )
         routing = self._routing()
         # A long message is cut to the model's length rather than refused: routing must not fail on it.

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from services.core import errors
+from services.core import errors, tracing
 from services.core.inflight import InflightCalls
 from services.core.status import status_of
 from services.core.wire import REQUEST_ID, TRACEPARENT
@@ -70,19 +70,20 @@ async def counted_answer(
     code): `respond` gives the response and its final code (a stream's is known only at its end); an exception it
     raises becomes an error response in `envelope`'s shape."""
     request_id = request[REQUEST_ID]
-    call = calls.begin(request_id, request.headers.get(TRACEPARENT))
-    code = grpc.StatusCode.OK
-    try:
-        response, code = await respond()
-        return response
-    except Exception as error:
-        code = status_of(error)
-        return error_response(envelope(error, code), error, code, request_id, method)
-    except asyncio.CancelledError:
-        code = grpc.StatusCode.CANCELLED
-        raise
-    finally:
-        calls.end(method, code, call)
+    with tracing.server_span(method, request.headers):
+        call = calls.begin(request_id, request.headers.get(TRACEPARENT))
+        code = grpc.StatusCode.OK
+        try:
+            response, code = await respond()
+            return response
+        except Exception as error:
+            code = status_of(error)
+            return error_response(envelope(error, code), error, code, request_id, method)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            calls.end(method, code, call)
 
 
 def error_response(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
+from services.core import tracing
 from services.core.errors import InvalidArgument
 from services.core.manifest import TOKENIZER_FILE
 from services.core.repository import ModelVersion
@@ -91,6 +93,7 @@ class GeneratorModel:
         loop = asyncio.get_running_loop()
         prompt_ids = await loop.run_in_executor(self._prepare_pool, self.encode, prompt)
         sequence = self._sequence(prompt_ids, params, deadline)
+        sequence.trace = tracing.current_context()
         self.scheduler.submit(sequence)
         return sequence
 
@@ -105,6 +108,7 @@ class GeneratorModel:
                     return
         finally:
             self.scheduler.cancel(sequence)  # no-op once finished; otherwise the caller left mid-way
+            _trace_sequence(sequence)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Prompt token ids: chat messages through the model's template, raw text as it is."""
@@ -136,3 +140,25 @@ class GeneratorModel:
             self.max_sequence_length,
             deadline,
         )
+
+
+def _trace_sequence(sequence: Sequence) -> None:
+    """When its call is traced: the sequence's wait for a slot, its prefill and its decode, as they happened."""
+    if sequence.trace is None:
+        return
+    now = time.perf_counter()
+    admitted = sequence.admitted_at or now
+    tracing.span_between("generator.queue", sequence.trace, sequence.received_at, admitted)
+    if sequence.admitted_at is None:
+        return
+    first = sequence.first_token_at or now
+    tracing.span_between(
+        "generator.prefill", sequence.trace, admitted, first, **{"prompt_tokens": len(sequence.prompt_ids)}
+    )
+    stop = sequence.finish.value if sequence.finish else sequence.ended.value if sequence.ended else "cancelled"
+    ttft = sequence.time_to_first_token_s()
+    tracing.span_between(
+        "generator.decode", sequence.trace, first, sequence.finished_at or now,
+        **{"completion_tokens": sequence.generated, "time_to_first_token_ms": round((ttft or 0) * 1000, 2),
+           "stop_reason": stop},
+    )  # fmt: skip

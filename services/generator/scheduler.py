@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -106,6 +107,10 @@ class ContinuousScheduler:
     async def _run(self, loop: asyncio.AbstractEventLoop, step: Step) -> StepResult | None:
         """The step on the worker thread; None when it was stopped or failed (its sequences are told)."""
         stop = self._decode_stop = RunStop() if isinstance(step, Decode) and step.stoppable else None
+        if isinstance(step, Prefill):
+            admitted_at = time.perf_counter()
+            for sequence in step.sequences:
+                sequence.admitted_at = admitted_at
         try:
             result = await loop.run_in_executor(self._worker, self._executor.run, step, stop)
         except RunStopped:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry.context import Context
 from tokenizers import Tokenizer
 
 from services.generator.detokenizer import IncrementalDetokenizer
@@ -62,6 +63,7 @@ class Sequence:
         self.params = params
         self.deadline = deadline  # absolute loop.time() by which it must have started, or None
         self.received_at = time.perf_counter()
+        self.admitted_at: float | None = None  # when its prefill was scheduled
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.generated = 0
@@ -69,6 +71,7 @@ class Sequence:
         self.finish: FinishReason | None = None
         self.ended: Outcome | None = None
         self.events: asyncio.Queue[TextDelta | BaseException] = asyncio.Queue()
+        self.trace: Context | None = None  # its call's trace context, when tracing is on
         self._sampler = Sampler(params, prompt_ids, vocab_size)
         self._text = IncrementalDetokenizer(tokenizer, params.stop)
         self._eos_ids = eos_ids

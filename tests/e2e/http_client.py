@@ -34,9 +34,9 @@ def call(url: str, body: Any = None, key: str | None = None, timeout: float = 60
         return Reply(error.code, error.headers, json.loads(error.read()))
 
 
-def stream(url: str, body: Any, key: str | None = None, sse: bool = False, timeout: float = 60) -> Reply:
+def stream(url: str, body: Any, key: str | None = None, sse: bool = False, timeout: float = 60, **extra: str) -> Reply:
     """POST and read a streamed reply: a list of JSON frames (JSON lines, or server-sent events' data)."""
-    headers = {"accept": "text/event-stream"} if sse else {}
+    headers = {"accept": "text/event-stream", **extra} if sse else dict(extra)
     try:
         with urllib.request.urlopen(_request(url, body, key, headers), timeout=timeout) as response:
             text = response.read().decode()

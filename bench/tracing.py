@@ -1,0 +1,90 @@
+"""Tracing benchmark (JSON): the classifier with tracing off (no OTLP endpoint: nothing installed) against the same
+classifier with tracing on (spans of every call, its queue wait, batch and onnxruntime run, sent over OTLP to a
+receiver), single-text Classify at concurrency 32, in alternating windows of one run.
+Target: tracing on keeps >= 0.95 of the throughput with it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.load import LoadOptions, run_load
+from bench.targets import benchmark_main, check, highest_version
+from export.defaults import INTENT
+from services.dev.launcher import service
+from services.dev.otlp_receiver import otlp_receiver
+
+PASSES = 3
+CONCURRENCY = 32
+QUIET = ["--metrics-port", "0", "--log-level", "warning"]
+
+
+@contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """Children started in the block inherit these variables."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
+    highest_version(models, name)  # exits naming the fix when the model is missing
+    flags = ["--models", str(models), "--model-names", name, *QUIET]
+    windows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    with ExitStack() as stack:
+        receiver, endpoint = stack.enter_context(otlp_receiver())
+        off = stack.enter_context(service("services.classifier", *flags))
+        with environment(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint):
+            on = stack.enter_context(service("services.classifier", *flags))
+        for _ in range(PASSES):
+            for mode, address in (("off", off), ("on", on)):
+                print(f"[bench] tracing {mode}", file=sys.stderr, flush=True)
+                options = LoadOptions(
+                    target=address, model=name, concurrency=CONCURRENCY, duration_s=seconds, progress=False
+                )
+                windows[mode].append(asyncio.run(run_load(options)))
+        spans = len(receiver.spans())
+    ratios = [n["throughput_rps"] / f["throughput_rps"] for f, n in zip(windows["off"], windows["on"], strict=True)]
+    ratio = statistics.median(ratios)
+    return {
+        "model": name,
+        "concurrency": CONCURRENCY,
+        "windows": {mode: [_brief(w) for w in runs] for mode, runs in windows.items()},
+        "on_vs_off": [round(r, 3) for r in ratios],
+        "spans_received": spans,
+        "targets": {"tracing_on_vs_off": check(ratio, ">=", 0.95)},
+    }
+
+
+def _brief(window: dict[str, Any]) -> dict[str, Any]:
+    return {"throughput_rps": window["throughput_rps"], "latency_ms": window["latency_ms"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(
+        run,
+        argv,
+        prog="python -m bench.tracing",
+        description=__doc__.split("\n\n")[0],
+        name=INTENT,
+        name_help="classifier model",
+        seconds=10.0,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

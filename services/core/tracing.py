@@ -1,0 +1,124 @@
+"""OpenTelemetry tracing, on when an OTLP endpoint is configured by the standard variables
+(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER,
+OTEL_BSP_* and the other OTEL_* settings apply as the SDK defines them).
+
+On: every call of the project's gRPC services gets a server span (the OpenTelemetry gRPC instrumentation), the
+gateway's HTTP calls too, the gateway's backend calls get client spans that carry the W3C trace context to the
+backends, and the services add spans of the work inside a call (`span_between`). Off: nothing is installed, no
+interceptor and no exporter, and `span_between` returns at once, so tracing costs nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from services.core.wire import SERVED_PREFIXES
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+tracer = trace.get_tracer("ecomserve")
+_active = False
+
+
+def active() -> bool:
+    return _active
+
+
+def configure_tracing(service: str) -> bool:
+    """Install the SDK with an OTLP/gRPC exporter when an endpoint is configured; True when tracing is on."""
+    global _active
+    if not any(os.environ.get(name) for name in ENDPOINT_VARIABLES) or os.environ.get("OTEL_SDK_DISABLED") == "true":
+        return False
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Resource.create adds OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME, when set, wins over our default name.
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"ecomserve-{service}"
+    resource = Resource.create({SERVICE_NAME: name})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    atexit.register(provider.shutdown)  # sends what is still batched
+    _active = True
+    return True
+
+
+def server_interceptors() -> list[Any]:
+    """The gRPC server interceptor of the project's own services (not health or reflection), when tracing is on."""
+    if not _active:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    services = [filters.service_prefix(prefix.lstrip("/")) for prefix in SERVED_PREFIXES]
+    return [aio_server_interceptor(filter_=filters.any_of(*services))]
+
+
+def client_interceptors() -> list[Any]:
+    """Client interceptors for the gateway's backend channels: a span per call, the trace context in its metadata."""
+    if not _active:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())
+
+
+def current_trace_id() -> str:
+    """The trace id of the span in force, as 32 hex digits; "" when there is none."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def current_context() -> otel_context.Context | None:
+    """The context to hand to work that runs later, elsewhere (a batch, a decode loop); None when tracing is off."""
+    return otel_context.get_current() if _active else None
+
+
+@contextmanager
+def attached(context: otel_context.Context | None) -> Iterator[None]:
+    """Make `context` the one in force for the block (a call's, in a task that serves several); as is without."""
+    if context is None:
+        yield
+        return
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def server_span(name: str, headers: Mapping[str, str]) -> Iterator[None]:
+    """A server span for a call that came over HTTP, continuing the caller's W3C trace context."""
+    if not _active:
+        yield
+        return
+    with tracer.start_as_current_span(name, context=propagate.extract(headers), kind=trace.SpanKind.SERVER):
+        yield
+
+
+def span_between(
+    name: str, parent: otel_context.Context | None, started: float, ended: float, **attributes: Any
+) -> otel_context.Context | None:
+    """A finished span of work that happened between two time.perf_counter() readings, under `parent` (a context
+    from current_context()); returns the context for its children. Nothing when tracing is off (parent None)."""
+    if parent is None:
+        return None
+    offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
+    span = tracer.start_span(name, context=parent, start_time=offset_ns + int(started * 1e9), attributes=attributes)
+    span.end(end_time=offset_ns + int(ended * 1e9))
+    return trace.set_span_in_context(span, parent)
+
+
+def add_event(name: str, **attributes: Any) -> None:
+    """An event on the span in force (e.g. a backend call's retries)."""
+    if _active:
+        trace.get_current_span().add_event(name, attributes=attributes)
