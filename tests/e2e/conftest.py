@@ -6,7 +6,9 @@ tail of its log; every child is stopped when its fixture ends.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,3 +158,14 @@ def cancelled_sequences(metrics_port: int) -> float:
         for sample in family.samples
         if sample.name == "ecomserve_finished_sequences_total" and sample.labels["finish_reason"] == "cancelled"
     )
+
+
+def load_report(*args: str) -> dict:
+    """`python -m bench.load ARGS` in a process of its own (grpc.aio in the test process stays on one event loop),
+    its JSON report."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--warmup", "0", *args], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return json.loads(ran.stdout)

@@ -82,7 +82,8 @@ def test_a_poisoned_request_id_fails_no_other_caller(gateway: Process) -> None:
         )
         return status, headers["x-request-id"]
 
-    with ThreadPoolExecutor(24) as pool:
+    # Well under the fixture's 40 connections: the server counts a closed one until it has seen it close.
+    with ThreadPoolExecutor(12) as pool:
         normals = pool.map(normal, range(400))
         poisonings = list(pool.map(poisoning, range(50)))
     assert set(normals) == {200}

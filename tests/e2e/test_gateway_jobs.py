@@ -5,7 +5,6 @@ input gets its status; the README's JSON examples run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -22,11 +21,11 @@ from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from google.protobuf import json_format
 
-from bench.load import DEFAULT_MODELS, GATEWAY_METHODS, LoadOptions, run_load
+from bench.load import DEFAULT_MODELS, GATEWAY_METHODS
 from services.dev.launcher import free_port
 from services.gateway.config import PACKAGE_DIR
 from tests.e2e import http_client
-from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process, cancelled_sequences
+from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process, cancelled_sequences, load_report
 
 pytestmark = pytest.mark.e2e
 
@@ -313,19 +312,11 @@ def test_the_readme_json_examples_run(jobs: Jobs) -> None:
 
 @pytest.mark.parametrize("rpc", [rpc for rpc in GATEWAY_METHODS if rpc != "route-message"])
 def test_the_load_generator_drives_every_gateway_operation(jobs: Jobs, rpc: str) -> None:
-    options = LoadOptions(
-        target=jobs.gateway.address,
-        rpc=rpc,
-        model=DEFAULT_MODELS.get(rpc, "") if rpc != "embed-texts" else "embed",
-        concurrency=2,
-        duration_s=1,
-        warmup_s=0,
-        max_new_tokens=24,
-        texts_per_request=2,
-        api_key=API_KEY,
-        progress=False,
-    )
-    report = asyncio.run(run_load(options))
+    model = ["--model", "embed" if rpc == "embed-texts" else DEFAULT_MODELS.get(rpc, "")]
+    report = load_report(
+        "--target", jobs.gateway.address, "--rpc", rpc, "--concurrency", "2", "--duration", "1",
+        "--max-new-tokens", "24", "--texts-per-request", "2", "--api-key", API_KEY, *(model if model[1] else []),
+    )  # fmt: skip
     assert report["requests_ok"] > 0 and set(report["codes"]) == {"OK"}, report["codes"]
     if rpc in ("draft-reply", "write-marketing-copy"):
         assert report["tokens_in_window"] > 0 and report["ttft_ms"]["p50"] is not None

@@ -3,7 +3,6 @@ readiness that follows the backends, and a graceful stop."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import signal
@@ -22,11 +21,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from bench.load import LoadOptions, Tls, run_load
 from services.core.server import LIVENESS_SERVICE
 from services.dev.launcher import free_port
 from tests.e2e import http_client
-from tests.e2e.conftest import API_KEY, OTHER_KEY, Launcher, Process
+from tests.e2e.conftest import API_KEY, OTHER_KEY, Launcher, Process, load_report
 
 pytestmark = pytest.mark.e2e
 
@@ -208,9 +206,6 @@ def test_tls_on_both_listeners(launcher: Launcher, model_repo: Path, tmp_path: P
     with pytest.raises(grpc.RpcError), grpc.insecure_channel(gateway.address) as plain:  # plaintext is refused
         gateway_pb2_grpc.GatewayServiceStub(plain).RouteMessage(ROUTE, metadata=AUTH, timeout=5)
     # The load generator speaks TLS too.
-    options = LoadOptions(
-        target=gateway.address, rpc="route-message", concurrency=2, duration_s=1, warmup_s=0, api_key=API_KEY,
-        tls=Tls(cert), progress=False,
-    )  # fmt: skip
-    report = asyncio.run(run_load(options))
+    report = load_report("--target", gateway.address, "--rpc", "route-message", "--concurrency", "2", "--duration",
+                         "1", "--api-key", API_KEY, "--tls-ca-file", str(cert))  # fmt: skip
     assert report["requests_ok"] > 0 and set(report["codes"]) == {"OK"}
