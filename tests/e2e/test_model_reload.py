@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,11 +27,23 @@ CALLERS = 32
 POLL_S = "0.3"
 
 
-def start_classifier(launcher: Launcher, repository: Path, metrics_port: int) -> Process:
-    return launcher.start(
+@dataclass
+class Serving:
+    repository: Path
+    classifier: Process
+    metrics_port: int
+
+
+def serving_v1_only(launcher: Launcher, model_repo: Path, tmp_path: Path) -> Serving:
+    """A classifier on a repository of its own that holds intent v1 only, looking at it every POLL_S."""
+    repository = tmp_path / "models"
+    shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "1")
+    metrics_port = free_port()
+    classifier = launcher.start(
         "services.classifier", "--models", str(repository), "--model-names", "intent",
         "--repository-poll-s", POLL_S, "--metrics-port", str(metrics_port),
     ).wait_serving()  # fmt: skip
+    return Serving(repository, classifier, metrics_port)
 
 
 def listed(stub: classifier_pb2_grpc.ClassifierServiceStub) -> dict[int, pb.ModelInfo]:
@@ -59,10 +72,8 @@ def metric(port: int, name: str, **labels: str) -> float:
 def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
     launcher: Launcher, model_repo: Path, tmp_path: Path
 ) -> None:
-    repository = tmp_path / "models"
-    shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "1")
-    metrics_port = free_port()
-    classifier = start_classifier(launcher, repository, metrics_port)
+    serving = serving_v1_only(launcher, model_repo, tmp_path)
+    repository, classifier, metrics_port = serving.repository, serving.classifier, serving.metrics_port
     answered: list[list[int]] = [[] for _ in range(CALLERS)]  # versions that answered, per caller
     failures: list[str] = []
     stop = threading.Event()
@@ -104,10 +115,8 @@ def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
 def test_a_broken_new_version_never_replaces_a_working_one(
     launcher: Launcher, model_repo: Path, tmp_path: Path
 ) -> None:
-    repository = tmp_path / "models"
-    shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "1")
-    metrics_port = free_port()
-    classifier = start_classifier(launcher, repository, metrics_port)
+    serving = serving_v1_only(launcher, model_repo, tmp_path)
+    repository, classifier, metrics_port = serving.repository, serving.classifier, serving.metrics_port
     broken = repository / "intent" / "3"
     shutil.copytree(model_repo / "intent" / "2", broken)
     with (broken / "model.onnx").open("ab") as model_file:
