@@ -366,6 +366,8 @@ def _trace_batch(
     items: list[EncoderItem], runs: list[list[int]], timings: Sequence[RunTiming | None], started: float
 ) -> None:
     """For each traced item: its wait in the queue, the batch it joined and the onnxruntime run that held it."""
+    if not tracing.active():  # every batch passes here: skip the walk over its items
+        return
     ended = time.perf_counter()
     for run, timing in zip(runs, timings, strict=True):
         for index in run:

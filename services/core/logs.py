@@ -26,6 +26,7 @@ from services.core import metrics, tracing
 
 LOG_FORMATS = ("text", "json")
 ACCESS_LOGGER = "ecomserve.access"
+ACCESS = logging.getLogger(ACCESS_LOGGER)
 # W3C trace context: version-traceid-parentid-flags, the trace id 32 lower-case hex digits, not all zero.
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -112,9 +113,8 @@ REFUSAL_LINES = RefusalLines(per_s=20)
 
 
 def log_access(call: CallLog, method: str, code: str) -> None:
-    access = logging.getLogger(ACCESS_LOGGER)
     now = time.perf_counter()
-    if not access.isEnabledFor(logging.INFO) or (code in RefusalLines.CODES and not REFUSAL_LINES.allow(now)):
+    if not ACCESS.isEnabledFor(logging.INFO) or (code in RefusalLines.CODES and not REFUSAL_LINES.allow(now)):
         return
     fields: dict[str, Any] = {"method": method, "code": code, "latency_ms": round((now - call.started) * 1000, 2)}
     if call.api_key:
@@ -126,7 +126,7 @@ def log_access(call: CallLog, method: str, code: str) -> None:
     if REFUSAL_LINES.left_out:
         fields["refusals_not_logged"], REFUSAL_LINES.left_out = REFUSAL_LINES.left_out, 0
     text = " ".join(f"{name}={value}" for name, value in fields.items() if name not in ("method", "code"))
-    access.info("%s %s %s", method, code, text, extra={"access": fields})
+    ACCESS.info("%s %s %s", method, code, text, extra={"access": fields})
 
 
 class CallContextFilter(logging.Filter):
