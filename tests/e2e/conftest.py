@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,16 +149,29 @@ def gateway_stub(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
         yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
-def cancelled_sequences(metrics_port: int) -> float:
-    """The generator's count of sequences that ended cancelled (their caller went away), from its /metrics."""
+def metric_value(metrics_port: int, name: str, **labels: str) -> float:
+    """A metric summed over the series that carry `labels`, scraped from a service's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "ecomserve_finished_sequences_total" and sample.labels["finish_reason"] == "cancelled"
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+def cancelled_sequences(metrics_port: int) -> float:
+    """The generator's count of sequences that ended cancelled (their caller went away)."""
+    return metric_value(metrics_port, "ecomserve_finished_sequences_total", finish_reason="cancelled")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
 
 
 def load_report(*args: str) -> dict:

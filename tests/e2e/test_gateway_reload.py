@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,18 +12,11 @@ import pytest
 from ecomserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.gateway.config import PACKAGE_DIR
-from tests.e2e.conftest import API_KEY, Launcher
+from tests.e2e.conftest import API_KEY, Launcher, wait_until
 
 pytestmark = pytest.mark.e2e
 
 AUTH = (("x-api-key", API_KEY),)
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def test_routing_and_templates_follow_their_files(
@@ -51,12 +43,12 @@ def test_routing_and_templates_follow_their_files(
 
         # Every intent goes to one queue: whatever the tiny model answers, the new table decides.
         routing.write_text('model = "intent"\ntop_k = 3\nmin_score = 0.0\ndefault_queue = "moved"\n[queues]\n')
-        eventually(lambda: queue() == "moved", "the new routing table is used")
+        wait_until(lambda: queue() == "moved", "the new routing table is used", 20)
 
         (templates / "describe_product" / "v2.toml").write_text(
             (templates / "describe_product" / "v1.toml").read_text().replace("product descriptions", "short blurbs")
         )
-        eventually(lambda: template() == "describe_product/v2", "the new template version is the default")
+        wait_until(lambda: template() == "describe_product/v2", "the new template version is the default", 20)
 
         (templates / "describe_product" / "v3.toml").write_text("this is not TOML = = =")
         routing.write_text("[queues\n")

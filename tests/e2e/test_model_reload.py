@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +13,15 @@ import grpc
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.dev.launcher import free_port
-from tests.e2e.conftest import Launcher, Process
+from tests.e2e.conftest import Launcher, Process, metric_value, wait_until
 
 pytestmark = pytest.mark.e2e
 
 CALLERS = 32
 POLL_S = "0.3"
+RELOAD_S = 60.0  # time for a version to be noticed, loaded and warmed up on a busy machine
 
 
 @dataclass
@@ -48,25 +45,6 @@ def serving_v1_only(launcher: Launcher, model_repo: Path, tmp_path: Path) -> Ser
 
 def listed(stub: classifier_pb2_grpc.ClassifierServiceStub) -> dict[int, pb.ModelInfo]:
     return {model.version: model for model in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    wanted = {"service": "classifier", "model": "intent", **labels}
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and wanted.items() <= sample.labels.items()
-    )
 
 
 def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
@@ -94,13 +72,13 @@ def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
     with grpc.insecure_channel(classifier.address) as channel:
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         try:
-            wait_until(lambda: all(answered), "every caller got an answer from v1")
+            wait_until(lambda: all(answered), "every caller got an answer from v1", RELOAD_S)
             shutil.copytree(model_repo / "intent" / "2", repository / "intent" / "2")
-            wait_until(lambda: all(versions[-1] == 2 for versions in answered), "answers switched to v2")
+            wait_until(lambda: all(versions[-1] == 2 for versions in answered), "answers switched to v2", RELOAD_S)
             assert listed(stub)[2].is_default and listed(stub)[2].status == pb.MODEL_STATUS_READY
 
             shutil.rmtree(repository / "intent" / "1")
-            wait_until(lambda: 1 not in listed(stub), "v1 was unloaded")
+            wait_until(lambda: 1 not in listed(stub), "v1 was unloaded", RELOAD_S)
         finally:
             stop.set()
             for thread in threads:
@@ -108,8 +86,8 @@ def test_a_new_version_takes_over_under_load_and_a_removed_one_is_unloaded(
     assert not failures, failures[:5]
     assert all(versions[0] == 1 and versions[-1] == 2 for versions in answered)
     assert all(versions == sorted(versions) for versions in answered), "an answer went back to v1"
-    assert metric(metrics_port, "ecomserve_model_ready", version="1") == 0
-    assert metric(metrics_port, "ecomserve_model_ready", version="2") == 1
+    assert metric_value(metrics_port, "ecomserve_model_ready", model="intent", version="1") == 0
+    assert metric_value(metrics_port, "ecomserve_model_ready", model="intent", version="2") == 1
 
 
 def test_a_broken_new_version_never_replaces_a_working_one(
@@ -123,7 +101,7 @@ def test_a_broken_new_version_never_replaces_a_working_one(
         model_file.write(b"not the exported bytes")
     with grpc.insecure_channel(classifier.address) as channel:
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        wait_until(lambda: 3 in listed(stub), "the broken version is listed")
+        wait_until(lambda: 3 in listed(stub), "the broken version is listed", RELOAD_S)
         shown = listed(stub)[3]
         assert shown.status == pb.MODEL_STATUS_FAILED and "sha256" in shown.status_message and not shown.is_default
         assert listed(stub)[1].is_default
@@ -132,9 +110,9 @@ def test_a_broken_new_version_never_replaces_a_working_one(
         with pytest.raises(grpc.RpcError) as refused:
             stub.Classify(pb.ClassifyRequest(model="intent", version=3, texts=["refund please"]), timeout=30)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-        assert metric(metrics_port, "ecomserve_model_load_failures_total", version="3") == 1
+        assert metric_value(metrics_port, "ecomserve_model_load_failures_total", model="intent", version="3") == 1
 
         shutil.copyfile(model_repo / "intent" / "2" / "model.onnx", broken / "model.onnx")  # fixed: tried again
-        wait_until(lambda: listed(stub)[3].status == pb.MODEL_STATUS_READY, "the fixed version is served")
+        wait_until(lambda: listed(stub)[3].status == pb.MODEL_STATUS_READY, "the fixed version is served", RELOAD_S)
         assert stub.Classify(pb.ClassifyRequest(model="intent", texts=["refund please"]), timeout=30).version == 3
-        assert metric(metrics_port, "ecomserve_model_load_failures_total", version="3") == 1
+        assert metric_value(metrics_port, "ecomserve_model_load_failures_total", model="intent", version="3") == 1

@@ -23,19 +23,25 @@ from tests.onnx_reference import run_alone
 pytestmark = pytest.mark.e2e
 
 
-def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Path) -> None:
-    # The client runs in a process of its own (see tests/e2e/tritonclient_calls.py); this one never imports it.
-    classifier = launcher.start("services.classifier", "--models", str(model_repo)).wait_serving()
+def tritonclient_answers(*args: str) -> dict:
+    """What tests/e2e/tritonclient_calls.py got from the server (it runs in a process of its own: tritonclient and
+    this project both register the protobuf package `inference`); the server is live and the model ready."""
     called = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.tritonclient_calls", classifier.address],
+        [sys.executable, "-m", "tests.e2e.tritonclient_calls", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert called.returncode == 0, called.stderr
-    answers = json.loads(called.stdout)
+    answers: dict = json.loads(called.stdout)
     assert answers["live"] and answers["ready"] and answers["model_ready"]
+    return answers
+
+
+def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Path) -> None:
+    classifier = launcher.start("services.classifier", "--models", str(model_repo)).wait_serving()
+    answers = tritonclient_answers(classifier.address)
     assert answers["server"]["name"] == "ecomserve"
     sentiment = answers["sentiment_metadata"]
     assert sentiment["platform"] == "onnxruntime_onnx" and sentiment["versions"] == ["1"]
@@ -67,16 +73,7 @@ def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_re
     classifier.wait_serving()
     gateway.wait_serving()
     address = gateway.http.removeprefix("http://")
-    called = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.tritonclient_calls", "--http", address, API_KEY],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert called.returncode == 0, called.stderr
-    answers = json.loads(called.stdout)
-    assert answers["live"] and answers["ready"] and answers["model_ready"]
+    answers = tritonclient_answers("--http", address, API_KEY)
     assert [o["name"] for o in answers["sentiment_metadata"]["outputs"]] == ["probabilities", "label"]
     folder = model_repo / "sentiment" / "1"
     labels = Manifest.read(folder).labels
