@@ -45,6 +45,13 @@ def limit(field: str, value: str, max_chars: int) -> None:
         raise errors.InvalidArgument(f"{field} has {len(value)} characters, over the limit of {max_chars}")
 
 
+def required_text(field: str, text: str, max_chars: int) -> None:
+    """A customer's text: not blank, at most max_chars characters."""
+    if not text.strip():
+        raise errors.InvalidArgument(f"{field} is empty")
+    limit(field, text, max_chars)
+
+
 def words(field: str, value: int, default: int, low: int = MIN_WORDS, high: int = MAX_WORDS) -> int:
     """A word budget: `default` for 0, else `value` within low..high."""
     if value == 0:

@@ -90,7 +90,7 @@ class GatewayOperations:
     async def route_message(
         self, request: gateway_pb2.RouteMessageRequest, call: CallContext
     ) -> gateway_pb2.RouteMessageResponse:
-        self._require_text("message", request.message)
+        fields.required_text("message", request.message, self._limits.max_text_chars)
         fields.limit("channel", request.channel, fields.MAX_CHANNEL_CHARS)
         fields.limit("locale", request.locale, fields.MAX_LOCALE_CHARS)
         classified = await self._messages.classify(request.message, call)
@@ -174,7 +174,7 @@ class GatewayOperations:
     async def draft_reply(
         self, request: gateway_pb2.DraftReplyRequest, call: CallContext
     ) -> AsyncIterator[gateway_pb2.DraftReplyResponse]:
-        self._require_text("message", request.message)
+        fields.required_text("message", request.message, self._limits.max_text_chars)
         fields.limit("agent_name", request.agent_name, fields.MAX_SHORT_FIELD_CHARS)
         order = request.order if request.HasField("order") else None
         if order is not None:
@@ -229,11 +229,6 @@ class GatewayOperations:
 
     def _check_texts(self, model: str, texts: Sequence[str]) -> None:
         check_texts(model, texts, self._limits.max_texts_per_request, self._limits.max_text_chars)
-
-    def _require_text(self, field: str, text: str) -> None:
-        if not text.strip():
-            raise errors.InvalidArgument(f"{field} is empty")
-        fields.limit(field, text, self._limits.max_text_chars)
 
 
 def _seed(request: gateway_pb2.DescribeProductRequest | gateway_pb2.DraftReplyRequest) -> int | None:

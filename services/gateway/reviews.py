@@ -82,9 +82,7 @@ class ReviewAnalyzer:
         if len(request.reviews) > MAX_REVIEWS:
             raise errors.InvalidArgument(f"reviews has {len(request.reviews)} entries, over the limit of {MAX_REVIEWS}")
         for index, review in enumerate(request.reviews):
-            if not review.text.strip():
-                raise errors.InvalidArgument(f"reviews[{index}].text is empty")
-            fields.limit(f"reviews[{index}].text", review.text, self._config.max_text_chars)
+            fields.required_text(f"reviews[{index}].text", review.text, self._config.max_text_chars)
             fields.limit(f"reviews[{index}].id", review.id, MAX_REVIEW_ID_CHARS)
             if review.HasField("rating") and not 1 <= review.rating <= 5:
                 raise errors.InvalidArgument(f"reviews[{index}].rating must be 1..5, got {review.rating}")
