@@ -33,6 +33,11 @@ QUIET_PERIOD_S = 1.0
 # The grpc.health.v1 name of liveness probes: SERVING from bind to exit, loading and draining included, so that
 # Kubernetes restarts only a process that no longer answers (readiness probes use the service's own name).
 LIVENESS_SERVICE = "liveness"
+# Calls the transport has received that the event loop has not taken yet. Past gRPC's default (1,000, with random
+# early drops up to 3,000) the core drops such calls as CANCELLED, which a caller cannot tell from its own cancel and
+# does not retry; the servicers refuse overload themselves (RESOURCE_EXHAUSTED, UNAVAILABLE), so this is set far
+# above any backlog the event loop catches up with, and only bounds memory against a flood.
+MAX_UNACCEPTED_CALLS = 20_000
 # What goes wrong at start by the configuration or the machine, not by a bug (a missing model repository, a port
 # in use, a file that does not parse): one line naming the cause and the fix, no traceback, exit code 2.
 STARTUP_ERRORS = (errors.ModelFailure, OSError, ValueError)
@@ -76,6 +81,8 @@ class ServingServer:
             # Clients (the gateway) keep idle connections alive with pings every 30 s: allow them.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.server.max_pending_requests", MAX_UNACCEPTED_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_UNACCEPTED_CALLS),
         ]
         if max_connection_age_s > 0:
             options += [
