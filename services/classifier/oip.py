@@ -3,7 +3,9 @@ clients (tritonclient) call them unchanged. Translation only: texts come in as a
 (shape [N] or [N, 1]), and go through the same models, batching, limits and errors as Classify and Embed.
 Outputs: classification models answer "probabilities" (FP32 [N, labels], in the labels' order) and "label"
 (BYTES [N], the best one; [N, top_k] with the "top_k" parameter); embedding models "embeddings" (FP32
-[N, dimension]). Outputs travel as raw bytes.
+[N, dimension]). Outputs travel as raw bytes. Triton's classification extension is served: "probabilities" asked
+for with the output parameter "classification" k comes as BYTES [N, k] of "score:index:label", best first, which
+is how Triton's clients read a classifier's labels.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.core.texts import check_texts
 TEXT_INPUT = "text"
 PLATFORM = "onnxruntime_onnx"
 ANY = -1
+CLASSIFICATION = "classification"  # Triton's extension: the output parameter, and its name in ServerMetadata
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -47,7 +50,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._ready())
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="ecomserve", version=_version())
+        return pb.ServerMetadataResponse(name="ecomserve", version=_version(), extensions=[CLASSIFICATION])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         _, model = self._model(request.name, request.version)
@@ -80,9 +83,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         elif isinstance(model, ClassifierModel):
             top_k = _top_k(request, len(model.labels))
             rows = np.stack([row.output for row in await model.encode(texts, truncate, deadline)]).astype("<f4")
-            tensors["probabilities"] = ("FP32", list(rows.shape), rows.tobytes())
-            best = np.argsort(-rows, axis=1, kind="stable")[:, :top_k]
-            labels = [model.labels[i].encode() for i in best.reshape(-1)]
+            classes = wanted.get("probabilities", 0)
+            if classes:
+                tensors["probabilities"] = _classes(rows, model.labels, classes)
+            else:
+                tensors["probabilities"] = ("FP32", list(rows.shape), rows.tobytes())
+            labels = [model.labels[i].encode() for i in _best(rows, top_k).reshape(-1)]
             shape = [len(texts)] if top_k == 1 else [len(texts), top_k]
             tensors["label"] = ("BYTES", shape, pack_bytes(labels))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(version), id=request.id)
@@ -105,6 +111,11 @@ def _outputs_of(model: BatchedEncoder) -> list[tuple[str, str, list[int]]]:
         return [("embeddings", "FP32", [ANY, model.dimension])]
     assert isinstance(model, ClassifierModel)
     return [("probabilities", "FP32", [ANY, len(model.labels)]), ("label", "BYTES", [ANY])]
+
+
+def _best(rows: np.ndarray, count: int) -> np.ndarray:
+    """Per row, the indices of its `count` highest scores, best first (ties: the lower index)."""
+    return np.argsort(-rows, axis=1, kind="stable")[:, :count]
 
 
 def _texts(request: pb.ModelInferRequest) -> list[str]:
@@ -130,13 +141,35 @@ def _texts(request: pb.ModelInferRequest) -> list[str]:
         raise InvalidArgument(f'input "{TEXT_INPUT}" holds bytes that are not UTF-8 text') from None
 
 
-def _requested(request: pb.ModelInferRequest, model: BatchedEncoder) -> list[str]:
+def _requested(request: pb.ModelInferRequest, model: BatchedEncoder) -> dict[str, int]:
+    """The outputs to answer, in order, each with its "classification" count (0: the tensor itself)."""
     served = [name for name, _, _ in _outputs_of(model)]
-    wanted = [output.name for output in request.outputs] or served
+    wanted = {output.name: _class_count(output, model) for output in request.outputs} or dict.fromkeys(served, 0)
     unknown = [name for name in wanted if name not in served]
     if unknown:
         raise InvalidArgument(f"unknown output(s) {unknown}; model {request.model_name!r} has {served}")
     return wanted
+
+
+def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor, model: BatchedEncoder) -> int:
+    parameter = output.parameters.get(CLASSIFICATION)
+    if parameter is None:
+        return 0
+    labels = len(model.labels) if isinstance(model, ClassifierModel) else 0
+    if output.name != "probabilities" or not labels:
+        raise InvalidArgument(f'the "{CLASSIFICATION}" parameter applies to a classifier\'s "probabilities" only')
+    if parameter.WhichOneof("parameter_choice") != "int64_param" or not 1 <= parameter.int64_param <= labels:
+        raise InvalidArgument(f'parameter "{CLASSIFICATION}" must be an integer in 1..{labels} (the model\'s labels)')
+    return parameter.int64_param
+
+
+def _classes(rows: np.ndarray, labels: list[str], count: int) -> tuple[str, list[int], bytes]:
+    """Triton's classification output: the `count` best labels per row as "score:index:label", best first."""
+    best = _best(rows, count)
+    elements = [
+        f"{row[i]:f}:{i}:{labels[i]}".encode() for row, indices in zip(rows, best, strict=True) for i in indices
+    ]
+    return "BYTES", [len(rows), count], pack_bytes(elements)
 
 
 def _top_k(request: pb.ModelInferRequest, labels: int) -> int:

@@ -3,7 +3,9 @@ the protocol's gRPC form, behind the gateway's API keys and rate limits.
 
 GET /v2 (server metadata), /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}] (model metadata)
 and .../ready; POST .../infer with the JSON tensor format (`data` as a flat or nested list; the binary tensor
-extension is not supported). Errors are {"error": message} with the HTTP status of their gRPC code.
+extension is not supported, and outputs asked for as binary come as JSON). Output parameters go through, so
+Triton's classification extension works as on the classifier. Errors are {"error": message} with the HTTP status
+of their gRPC code.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.gateway.http_wire import Respond, counted_answer, read_body
 
 OK = grpc.StatusCode.OK
 BINARY_HEADER = "inference-header-content-length"
+BINARY_DATA = "binary_data"  # the binary extension's output parameter
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 
@@ -96,7 +99,7 @@ def infer_request(body: Any, model: str, version: str) -> pb.ModelInferRequest:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise errors.InvalidArgument('the body must be a JSON object with "inputs", a list of tensors')
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(body.get("id", "")))
-    for name, value in (body.get("parameters") or {}).items():
+    for name, value in _parameters(body).items():
         _set_parameter(request.parameters[name], name, value)
     for tensor in body["inputs"]:
         if not isinstance(tensor, dict) or tensor.get("datatype") != "BYTES":
@@ -107,8 +110,20 @@ def infer_request(body: Any, model: str, version: str) -> pb.ModelInferRequest:
         item = request.inputs.add(name=str(tensor.get("name", "")), datatype="BYTES", shape=tensor.get("shape", []))
         item.contents.bytes_contents.extend(element.encode() for element in data)
     for output in body.get("outputs") or []:
-        request.outputs.add(name=str(output.get("name", "")) if isinstance(output, dict) else "")
+        if not isinstance(output, dict):
+            raise errors.InvalidArgument('every requested output must be {"name", "parameters"}')
+        wanted = request.outputs.add(name=str(output.get("name", "")))
+        for name, value in _parameters(output).items():
+            if name != BINARY_DATA:  # answered as JSON all the same, which tritonclient reads as well
+                _set_parameter(wanted.parameters[name], name, value)
     return request
+
+
+def _parameters(holder: dict[str, Any]) -> dict[str, Any]:
+    parameters = holder.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise errors.InvalidArgument('"parameters" must be a JSON object of name: value')
+    return parameters
 
 
 def _set_parameter(parameter: pb.InferParameter, name: str, value: Any) -> None:

@@ -39,10 +39,18 @@ def tritonclient_answers(*args: str) -> dict:
     return answers
 
 
+def assert_classes(classes: list[str], expected: np.ndarray, labels: list[str]) -> None:
+    """Triton's classification extension with class_count=2: "score:index:label" for the two best labels."""
+    best = np.argsort(-expected, kind="stable")[:2]
+    parsed = [entry.split(":", 2) for entry in classes]
+    assert [(int(index), label) for _, index, label in parsed] == [(i, labels[i]) for i in best]
+    np.testing.assert_allclose([float(score) for score, _, _ in parsed], expected[best], atol=1e-5)
+
+
 def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Path) -> None:
     classifier = launcher.start("services.classifier", "--models", str(model_repo)).wait_serving()
     answers = tritonclient_answers(classifier.address)
-    assert answers["server"]["name"] == "ecomserve"
+    assert answers["server"]["name"] == "ecomserve" and answers["server"]["extensions"] == ["classification"]
     sentiment = answers["sentiment_metadata"]
     assert sentiment["platform"] == "onnxruntime_onnx" and sentiment["versions"] == ["1"]
     assert sentiment["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
@@ -56,6 +64,7 @@ def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Pa
         np.testing.assert_allclose(answers["probabilities"][index], expected, atol=1e-5)
         assert answers["labels"][index] == labels[int(np.argmax(expected))]
         assert answers["top2"][index] == [labels[i] for i in np.argsort(-expected, kind="stable")[:2]]
+        assert_classes(answers["classes"][index], expected, labels)
     assert answers["embed_outputs"] == ["embeddings"]  # only what was asked for
     for text, vector in zip(TEXTS, answers["embeddings"], strict=True):
         np.testing.assert_allclose(vector, run_alone(model_repo / "embed" / "1", text), atol=1e-5)
@@ -65,6 +74,8 @@ def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Pa
         answers["too_long"].startswith("StatusCode.INVALID_ARGUMENT") and "max_sequence_length" in answers["too_long"]
     )
     assert answers["wrong_input"].startswith("StatusCode.INVALID_ARGUMENT") and '"text"' in answers["wrong_input"]
+    refused = answers["classes_of_embeddings"]
+    assert refused.startswith("StatusCode.INVALID_ARGUMENT") and '"probabilities"' in refused
 
 
 def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_repo: Path) -> None:
@@ -81,6 +92,7 @@ def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_re
         expected = run_alone(folder, text)
         np.testing.assert_allclose(answers["probabilities"][index], expected, atol=1e-5)
         assert answers["top2"][index] == [labels[i] for i in np.argsort(-expected, kind="stable")[:2]]
+        assert_classes(answers["classes"][index], expected, labels)
     assert "nope" in answers["unknown_model"]
     assert "API key" in answers["no_key"]  # the gateway's API keys apply to v2 too
 

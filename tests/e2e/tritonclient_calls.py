@@ -45,6 +45,10 @@ def main(address: str) -> dict[str, Any]:
     )
     labels = sentiment.as_numpy("label")
     top2 = client.infer("sentiment", [text_input(TEXTS)], parameters={"top_k": 2}).as_numpy("label")
+    classes = client.infer(
+        "sentiment", [text_input(TEXTS)], outputs=[triton.InferRequestedOutput("probabilities", class_count=2)]
+    ).as_numpy("probabilities")
+    embed_classes = [triton.InferRequestedOutput("embeddings", class_count=1)]
     return {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
@@ -55,11 +59,13 @@ def main(address: str) -> dict[str, Any]:
         "probabilities": sentiment.as_numpy("probabilities").tolist(),
         "labels": [label.decode() for label in labels],
         "top2": [[label.decode() for label in row] for row in top2],
+        "classes": [[entry.decode() for entry in row] for row in classes],
         "embeddings": embed.as_numpy("embeddings").tolist(),
         "embed_outputs": [output["name"] for output in embed.get_response(as_json=True)["outputs"]],
         "unknown_model": error_of(lambda: client.infer("nope", [text_input(TEXTS)])),
         "too_long": error_of(lambda: client.infer("sentiment", [text_input(["refund " * 80])])),
         "wrong_input": error_of(lambda: client.infer("sentiment", [triton.InferInput("ids", [1], "INT64")])),
+        "classes_of_embeddings": error_of(lambda: client.infer("embed", [text_input(TEXTS)], outputs=embed_classes)),
     }
 
 
@@ -71,6 +77,12 @@ def over_rest(address: str, api_key: str) -> dict[str, Any]:
     text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_), binary_data=False)
     wanted = [triton_http.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
     result = client.infer("sentiment", [text], outputs=wanted, headers=auth, parameters={"top_k": 2})
+    classes = client.infer(
+        "sentiment",
+        [text],
+        outputs=[triton_http.InferRequestedOutput("probabilities", binary_data=False, class_count=2)],
+        headers=auth,
+    ).as_numpy("probabilities")
     return {
         "live": client.is_server_live(headers=auth),
         "ready": client.is_server_ready(headers=auth),
@@ -80,6 +92,7 @@ def over_rest(address: str, api_key: str) -> dict[str, Any]:
         "top2": [
             [label.decode() if isinstance(label, bytes) else label for label in row] for row in result.as_numpy("label")
         ],
+        "classes": [[entry.decode() if isinstance(entry, bytes) else entry for entry in row] for row in classes],
         "unknown_model": error_of(lambda: client.infer("nope", [text], headers=auth)),
         "no_key": error_of(lambda: client.infer("sentiment", [text], outputs=wanted)),
     }
