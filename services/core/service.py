@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -110,8 +110,9 @@ class ModelService(Generic[M]):
     marks the registry ready; `close` stops every model. While serving, the repository is looked at every
     `repository_poll_s` and on SIGHUP: a new version is loaded next to the others once its files stopped changing
     for one look (at once on SIGHUP) and, as the highest, becomes the default atomically; a version whose folder
-    went is unloaded after finishing what it has; a new version that cannot be loaded is logged, counted
-    (ecomserve_model_load_failures_total), shown FAILED by ListModels and never served.
+    went stops taking requests once another version of its model serves (or none is left in the repository) and
+    is unloaded after finishing what it has, without holding up the next look; a new version that cannot be loaded
+    is logged, counted (ecomserve_model_load_failures_total), shown FAILED by ListModels and never served.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class ModelService(Generic[M]):
         self.registry: Registry[M] = Registry()
         self._rescan_now = asyncio.Event()  # SIGHUP
         self._follower: asyncio.Task[None] | None = None
+        self._unloads: set[asyncio.Task[None]] = set()  # versions finishing their work before they are closed
         self._failed: dict[tuple[str, int], Fingerprint] = {}  # versions that failed, as their files were then
         self.server = ServingServer(
             service=service,
@@ -179,8 +181,6 @@ class ModelService(Generic[M]):
             except (ModelFailure, OSError, ValueError) as error:  # e.g. a manifest still being copied
                 log.warning("model repository not read (%s); serving what is loaded", error)
                 continue
-            for key in sorted(self.registry.loaded() - found.keys()):
-                await self._unload(*key)
             for key in [key for key in self._failed if key not in found]:
                 del self._failed[key]
                 self.registry.states.pop(key, None)
@@ -190,6 +190,16 @@ class ModelService(Generic[M]):
                 looked[key] = fingerprint
                 if settled and self._failed.get(key) != fingerprint:
                     await self._try_new_version(found[key], fingerprint)
+            for name, version in sorted(self.registry.loaded() - found.keys()):
+                if self._replaced_or_deleted(name, found.keys()):
+                    self._unload(name, version)
+
+    def _replaced_or_deleted(self, name: str, found: Set[tuple[str, int]]) -> bool:
+        """Whether a version whose folder went may stop serving: another version of its model serves, or none is
+        left in the repository. A version swapped for a new one in one move serves until the new one is loaded,
+        so that the model never goes missing (and keeps serving if the new one fails)."""
+        remaining = {key for key in found if key[0] == name}
+        return not remaining or bool(remaining & self.registry.loaded())
 
     async def _next_look(self) -> bool:
         """Wait for the next look; True when SIGHUP asked for it."""
@@ -212,15 +222,21 @@ class ModelService(Generic[M]):
         else:
             self._failed.pop((version.name, version.version), None)
 
-    async def _unload(self, name: str, version: int) -> None:
+    def _unload(self, name: str, version: int) -> None:
+        """Stop handing the version out now; close it in the background once it has finished its work."""
         model = self.registry.remove(name, version)
         self.registry.states[(name, version)] = (UNLOADING, "its folder left the repository")
         metrics.MODEL_READY.labels(self.service, *model.version.metric_labels).set(0)
         log.info("%s v%d left the repository: unloading it once it has finished its work", name, version)
-        await asyncio.sleep(UNLOAD_GRACE_S)
-        await model.aclose()
-        self.registry.states.pop((name, version), None)
-        log.info("%s v%d unloaded", name, version)
+
+        async def close_when_done() -> None:
+            await asyncio.sleep(UNLOAD_GRACE_S)
+            await model.aclose()
+            self.registry.states.pop((name, version), None)
+            log.info("%s v%d unloaded", name, version)
+
+        self._unloads.add(closing := asyncio.create_task(close_when_done(), name=f"unload-{name}-{version}"))
+        closing.add_done_callback(self._unloads.discard)
 
     def _build_verified(self, version: ModelVersion) -> M:
         version.verify()
@@ -232,6 +248,7 @@ class ModelService(Generic[M]):
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
+        await asyncio.gather(*self._unloads)
         for _, _, model, _ in self.registry:
             metrics.MODEL_READY.labels(self.service, *model.version.metric_labels).set(0)
             await model.aclose()
