@@ -3,6 +3,7 @@ embedders) and their servicer. Used by __main__ and by tests."""
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,13 +14,16 @@ from inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from services.classifier.config import ClassifierConfig
 from services.classifier.heads import ClassifierModel, EmbedderModel
 from services.classifier.oip import InferenceServicer
+from services.classifier.rest import ClassifierRest
 from services.classifier.servicer import ClassifierServicer
 from services.core.encoder import BatchedEncoder, BatchingOptions
 from services.core.manifest import TASK_CLASSIFICATION, TASK_EMBEDDING
 from services.core.repository import ModelVersion
 from services.core.runner import CUDA, OnnxRunner, RuntimeOptions, choose_providers
+from services.core.server import listen_flags
 from services.core.service import ModelService
 
+log = logging.getLogger(__name__)
 SERVICE = "classifier"
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 INFERENCE_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -51,6 +55,8 @@ class ClassifierApp(ModelService[BatchedEncoder]):
             batch_invariant=config.batch_invariant,
         )
         self._max_texts = config.max_texts_per_request
+        self._http_port = config.http_port
+        self._rest: ClassifierRest | None = None
         super().__init__(
             config, service=SERVICE, service_names=[SERVICE_NAME, INFERENCE_SERVICE_NAME], tasks=tuple(HEADS)
         )
@@ -61,6 +67,20 @@ class ClassifierApp(ModelService[BatchedEncoder]):
         # The same models over the Open Inference Protocol (v2), for KServe's and Triton's clients.
         inference = InferenceServicer(self.registry, lambda: self.server.serving, self._max_texts)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+        self._inference = inference
+
+    async def load(self) -> None:
+        if self._http_port:  # from the start, so that probes of the REST form see the loading
+            self._rest = ClassifierRest(self._inference, self.server.calls)
+            try:
+                port = await self._rest.start(self.config.host, self._http_port)
+            except OSError as error:
+                raise OSError(
+                    f"cannot listen for HTTP on {self.config.host}:{self._http_port} ({error.strerror or error}); "
+                    f"choose another port with {listen_flags(SERVICE, 'http_port')}"
+                ) from None
+            log.info("Open Inference Protocol REST on port %d", port)
+        await super().load()
 
     def build(self, version: ModelVersion) -> BatchedEncoder:
         runner = OnnxRunner(version.model_path, self._runtime)
@@ -69,5 +89,7 @@ class ClassifierApp(ModelService[BatchedEncoder]):
         return head(SERVICE, version, runner, self._batching, self._tokenize_pool, self.server.fail, solo_runner=solo)
 
     async def close(self) -> None:
+        if self._rest is not None:
+            await self._rest.aclose()
         await super().close()
         self._tokenize_pool.shutdown(wait=False)

@@ -13,6 +13,11 @@ from services.core.service import ModelServerConfig
 class ClassifierConfig(ModelServerConfig):
     port: int = knob(50051, "gRPC port (0 picks a free one)")
     metrics_port: int = knob(9101, "Prometheus /metrics port (0 disables)")
+    http_port: int = knob(
+        0,
+        "port of the Open Inference Protocol's REST form (/v2/...), plain HTTP on --host, no API keys (0: off; "
+        "the gateway's /v2 routes are the authenticated way in)",
+    )
     model_names: tuple[str, ...] = knob(
         (), "comma-separated model names to serve (default: every classifier and embedding model)"
     )
@@ -54,6 +59,12 @@ class ClassifierConfig(ModelServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(0 <= self.http_port <= 65535, f"http_port must be 0..65535, got {self.http_port}")
+        require(
+            not (self.http_port and self.tls_cert_file),
+            "http_port serves plain HTTP: with --tls-cert-file, call the Open Inference Protocol over gRPC or "
+            "through the gateway",
+        )
         require(self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}")
         require(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         require(self.max_queue_size >= 1, f"max_queue_size must be >= 1, got {self.max_queue_size}")

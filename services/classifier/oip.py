@@ -69,12 +69,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        return await self.infer(request, deadline_of(context))
+
+    async def answer(self, method: str, request: Any, deadline: float | None) -> Any:
+        """One call of the protocol by its gRPC method name, in-process (the REST form on the classifier's own
+        HTTP port): the same answers and errors as over gRPC."""
+        if method == "ModelInfer":
+            return await self.infer(request, deadline)
+        return await getattr(self, method)(request, None)  # the other methods do not use their context
+
+    async def infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         version, model = self._model(request.model_name, request.model_version)
         texts = _texts(request)
         check_texts(request.model_name, texts, self._max_texts)
         wanted = _requested(request, model)
         truncate = _flag(request, "truncate")
-        deadline = deadline_of(context)
         tensors: dict[str, tuple[str, list[int], bytes]] = {}
         if isinstance(model, EmbedderModel):
             embedded = await model.embed(texts, truncate, _flag(request, "normalize"), deadline)

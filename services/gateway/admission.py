@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import uuid
 from collections.abc import Mapping
 
 from services.core import errors, metrics, tracing
 from services.core.logs import note
-from services.core.wire import REQUEST_ID
+from services.core.wire import REQUEST_ID, checked_request_id
 from services.gateway.auth import ApiKeys, RateLimited, RateLimiter
 from services.gateway.backends import CallContext
 
@@ -19,10 +17,6 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 # The api_key label of ecomserve_rate_limited_requests_total for calls refused after failed authentications.
 AUTH_FAILURES = "(failed authentication)"
-MAX_REQUEST_ID_CHARS = 128
-# What a caller's x-request-id may hold: it travels on in gRPC metadata (ASCII only), in coalesced calls joined by
-# commas, and into logs, so anything else is replaced rather than passed on.
-REQUEST_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:/+=@~-]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 
 class Admission:
@@ -76,19 +70,3 @@ def peer_host(peer: str) -> str:
     if kind not in ("ipv4", "ipv6"):
         return peer
     return address.rpartition(":")[0].strip("[]")
-
-
-def checked_request_id(presented: str | None) -> str:
-    """The caller's request id when it is 1-128 characters of [A-Za-z0-9._:/+=@~-]; otherwise a new one (the
-    answer carries the id used, and the replaced one is logged, escaped)."""
-    if presented and REQUEST_ID_PATTERN.fullmatch(presented):
-        return presented
-    request_id = uuid.uuid4().hex
-    if presented:
-        log.info(
-            "x-request-id %s replaced by %s: ids are 1-%d characters of A-Z a-z 0-9 . _ : / + = @ ~ -",
-            ascii(presented[: MAX_REQUEST_ID_CHARS + 1]),
-            request_id,
-            MAX_REQUEST_ID_CHARS,
-        )
-    return request_id

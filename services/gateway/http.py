@@ -6,7 +6,7 @@ as server-sent events (Accept: text/event-stream) or JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
 The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) and the Open
 Inference Protocol's REST form (/v2/...) share the port: see services.gateway.openai_routes and
-services.gateway.v2_rest.
+services.core.oip_rest.
 Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
 {"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,25 +27,25 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.core import errors
-from services.core.inflight import InflightCalls
-from services.core.listener import HttpListener
-from services.core.status import INTERNAL_MESSAGE, status_of
-from services.core.wire import REQUEST_ID
-from services.gateway.admission import Admission, checked_request_id
-from services.gateway.backends import Backend, CallContext
-from services.gateway.http_wire import (
-    CODE_OF_HTTP_STATUS,
+from services.core.http_wire import (
     JSON_LINES,
     SSE,
-    TIMEOUT_HEADER,
     Respond,
     counted_answer,
     log_unexpected,
     read_body,
+    request_id_and_envelope,
+    timeout_of,
 )
+from services.core.inflight import InflightCalls
+from services.core.listener import HttpListener
+from services.core.oip_rest import V2Routes
+from services.core.status import INTERNAL_MESSAGE, status_of
+from services.core.wire import REQUEST_ID
+from services.gateway.admission import Admission
+from services.gateway.backends import Backend, CallContext
 from services.gateway.openai_routes import OpenAIRoutes
 from services.gateway.operations import GatewayOperations
-from services.gateway.v2_rest import V2Routes
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,9 @@ class HttpBridge:
         self._calls = calls
         self._readiness = readiness
         self._ssl = ssl_context
-        app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_request_id_and_envelope])
+        app = web.Application(
+            client_max_size=limits.max_body_bytes, middlewares=[request_id_and_envelope(_refusal_envelope)]
+        )
         unary: dict[str, tuple[str, type[Message], Unary]] = {
             "/v1/route-message": ("RouteMessage", gateway_pb2.RouteMessageRequest, operations.route_message),
             "/v1/classify-texts": ("ClassifyTexts", gateway_pb2.ClassifyTextsRequest, operations.classify_texts),
@@ -118,7 +119,7 @@ class HttpBridge:
         OpenAIRoutes(
             calls, self._admit_call, classifier, generator, operations.embed_texts, limits.body_timeout_s
         ).register(app)
-        V2Routes(calls, self._admit_call, classifier, limits.body_timeout_s).register(app)
+        V2Routes(calls, self._admit_call, classifier.unary, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(
@@ -169,13 +170,7 @@ class HttpBridge:
     def _admit_call(self, request: web.Request) -> CallContext:
         """Refuse while draining, authenticate, apply the rate limit, fix the deadline (x-timeout-ms)."""
         self._calls.refuse_new_calls()
-        timeout_ms = request.headers.get(TIMEOUT_HEADER)
-        try:
-            timeout_s = None if timeout_ms is None else float(timeout_ms) / 1000
-        except ValueError:
-            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
-        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
+        timeout_s = timeout_of(request)
         headers = {name.lower(): value for name, value in request.headers.items()}
         headers[REQUEST_ID] = request[REQUEST_ID]
         return self._admission.admit(headers, timeout_s, request.remote or "-")
@@ -190,30 +185,8 @@ class HttpBridge:
         return web.json_response(body, status=200 if ready else 503)
 
 
-@web.middleware
-async def _request_id_and_envelope(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every request gets its checked request id; aiohttp's own refusals (unknown path 404, wrong method 405, ...)
-    keep their status but answer in the JSON error envelope, logged as the caller's mistake."""
-    request_id = request[REQUEST_ID] = checked_request_id(request.headers.get(REQUEST_ID))
-    try:
-        return await handler(request)
-    except web.HTTPException as refusal:
-        if refusal.status < 400:
-            raise
-        code = CODE_OF_HTTP_STATUS.get(refusal.status, grpc.StatusCode.INVALID_ARGUMENT)
-        log.info(
-            "%s %s refused with %d %s (request %s)",
-            request.method,
-            request.path,
-            refusal.status,
-            refusal.reason,
-            request_id,
-        )
-        body = {"error": {"code": code.name, "message": refusal.reason, "requestId": request_id}}
-        headers = {REQUEST_ID: request_id}
-        if "allow" in refusal.headers:
-            headers["allow"] = refusal.headers["allow"]
-        return web.json_response(body, status=refusal.status, headers=headers)
+def _refusal_envelope(code: grpc.StatusCode, message: str, request_id: str) -> dict[str, Any]:
+    return {"error": {"code": code.name, "message": message, "requestId": request_id}}
 
 
 async def _parse(request: web.Request, message_class: type[Message], timeout_s: float) -> Message:

@@ -21,12 +21,12 @@ from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
+from services.core.http_wire import SSE, Respond, counted_answer, log_unexpected, read_body
 from services.core.inflight import InflightCalls
 from services.core.status import status_of
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
-from services.gateway.http_wire import SSE, Respond, counted_answer, log_unexpected, read_body
 
 Translate = Callable[[Any], openai.Generation]
 EmbedTexts = Callable[[gateway_pb2.EmbedTextsRequest, CallContext], Awaitable[gateway_pb2.EmbedTextsResponse]]

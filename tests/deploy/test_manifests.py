@@ -232,17 +232,18 @@ def test_compose_runs_the_same_services_with_real_settings() -> None:
             assert config.generator == f"dns:///generator:{COMPONENTS['generator'].config({}).port}"
 
 
-def test_the_kserve_runtime_runs_the_classifier_on_the_port_kserve_routes_grpc_to() -> None:
+def test_the_kserve_runtime_runs_the_classifier_with_both_v2_protocols_on_the_ports_kserve_routes_to() -> None:
     docs = render("kserve")
     [runtime] = of_kind(docs, "ServingRuntime").values()
     [service] = of_kind(docs, "InferenceService").values()
-    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
     container = runtime["spec"]["containers"][0]
     component = component_of(container["command"])
     assert component.name == "classifier"
     config = component.config({e["name"]: e["value"] for e in container["env"]})  # only real knobs parse
     assert config.models == "/mnt/models"  # where KServe's storage initializer puts the storageUri
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"h2c": config.port}
+    assert config.http_port == 8080  # REST v2, for an InferenceService that picks it
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}

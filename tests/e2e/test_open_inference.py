@@ -14,6 +14,7 @@ import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 
 from services.core.manifest import Manifest
+from services.dev.launcher import free_port
 from tests.e2e import http_client
 from tests.e2e.conftest import API_KEY, Launcher
 from tests.e2e.test_gateway_hardening import post
@@ -78,13 +79,8 @@ def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Pa
     assert refused.startswith("StatusCode.INVALID_ARGUMENT") and '"probabilities"' in refused
 
 
-def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_repo: Path) -> None:
-    classifier = launcher.start("services.classifier", "--models", str(model_repo))
-    gateway = launcher.gateway([classifier], None)
-    classifier.wait_serving()
-    gateway.wait_serving()
-    address = gateway.http.removeprefix("http://")
-    answers = tritonclient_answers("--http", address, API_KEY)
+def assert_rest_answers(answers: dict, model_repo: Path) -> None:
+    """What tritonclient.http got over v2 REST equals plain onnxruntime; bad input got the protocol's errors."""
     assert [o["name"] for o in answers["sentiment_metadata"]["outputs"]] == ["probabilities", "label"]
     folder = model_repo / "sentiment" / "1"
     labels = Manifest.read(folder).labels
@@ -94,7 +90,32 @@ def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_re
         assert answers["top2"][index] == [labels[i] for i in np.argsort(-expected, kind="stable")[:2]]
         assert_classes(answers["classes"][index], expected, labels)
     assert "nope" in answers["unknown_model"]
+    assert answers["wrong_datatype"].startswith("400") and "BYTES" in answers["wrong_datatype"]
+
+
+def test_tritonclient_over_rest_through_the_gateway(launcher: Launcher, model_repo: Path) -> None:
+    classifier = launcher.start("services.classifier", "--models", str(model_repo))
+    gateway = launcher.gateway([classifier], None)
+    classifier.wait_serving()
+    gateway.wait_serving()
+    answers = tritonclient_answers("--http", gateway.http.removeprefix("http://"), API_KEY)
+    assert_rest_answers(answers, model_repo)
     assert "API key" in answers["no_key"]  # the gateway's API keys apply to v2 too
+
+
+def test_tritonclient_over_rest_on_the_classifiers_own_http_port(launcher: Launcher, model_repo: Path) -> None:
+    """What a KServe runtime declaring both v2 protocols serves: REST v2 straight from the classifier."""
+    http_port = free_port()
+    classifier = launcher.start(
+        "services.classifier", "--models", str(model_repo), "--http-port", str(http_port)
+    ).wait_serving()
+    answers = tritonclient_answers("--http", f"127.0.0.1:{http_port}")
+    assert_rest_answers(answers, model_repo)
+    assert answers["no_key"] == "no error"  # like its gRPC port, it trusts its network
+    unknown = http_client.call(f"http://127.0.0.1:{http_port}/v2/nowhere")
+    assert unknown.status == 404 and "error" in unknown.body and unknown.headers.get("x-request-id")
+    classifier.stop()
+    assert classifier.child.wait(timeout=30) == 0
 
 
 def test_v2_and_classify_agree_and_bad_v2_input_gets_the_protocols_errors(launcher: Launcher, model_repo: Path) -> None:

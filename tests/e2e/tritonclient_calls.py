@@ -1,6 +1,6 @@
-"""`python -m tests.e2e.tritonclient_calls HOST:PORT` (gRPC, straight to the classifier) or `... --http HOST:PORT
-API_KEY` (REST, through the gateway): the Open Inference Protocol calls of the e2e tests, made with tritonclient
-and printed as JSON.
+"""`python -m tests.e2e.tritonclient_calls HOST:PORT` (gRPC, straight to the classifier), `... --http HOST:PORT
+API_KEY` (REST, through the gateway) or `... --http HOST:PORT` (REST on the classifier's own HTTP port, no key):
+the Open Inference Protocol calls of the e2e tests, made with tritonclient and printed as JSON.
 
 It runs in a process of its own: tritonclient registers the protocol's messages (package `inference`) in the
 protobuf pool under its own file, and so does ecomserve's generated code, which the test process imports.
@@ -69,14 +69,16 @@ def main(address: str) -> dict[str, Any]:
     }
 
 
-def over_rest(address: str, api_key: str) -> dict[str, Any]:
-    """The same model through the gateway's v2 REST bridge, JSON tensors, with the API key."""
+def over_rest(address: str, api_key: str | None) -> dict[str, Any]:
+    """The same model over v2 REST, JSON tensors: through the gateway with its API key, or on the classifier."""
     client = triton_http.InferenceServerClient(address)
-    auth = {"x-api-key": api_key}
+    auth = {"x-api-key": api_key} if api_key else {}
     text = triton_http.InferInput("text", [len(TEXTS)], "BYTES")
     text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_), binary_data=False)
     wanted = [triton_http.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
     result = client.infer("sentiment", [text], outputs=wanted, headers=auth, parameters={"top_k": 2})
+    wrong = triton_http.InferInput("text", [1], "INT64")
+    wrong.set_data_from_numpy(np.array([1], dtype=np.int64), binary_data=False)
     classes = client.infer(
         "sentiment",
         [text],
@@ -95,11 +97,12 @@ def over_rest(address: str, api_key: str) -> dict[str, Any]:
         "classes": [[entry.decode() if isinstance(entry, bytes) else entry for entry in row] for row in classes],
         "unknown_model": error_of(lambda: client.infer("nope", [text], headers=auth)),
         "no_key": error_of(lambda: client.infer("sentiment", [text], outputs=wanted)),
+        "wrong_datatype": error_of(lambda: client.infer("sentiment", [wrong], headers=auth)),
     }
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--http":
-        print(json.dumps(over_rest(sys.argv[2], sys.argv[3])))
+        print(json.dumps(over_rest(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)))
     else:
         print(json.dumps(main(sys.argv[1])))

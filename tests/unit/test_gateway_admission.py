@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.admission import checked_request_id, peer_host
+from services.core.wire import checked_request_id
+from services.gateway.admission import peer_host
 from services.gateway.auth import ApiKeys, RateLimited, RateLimiter
 
 

@@ -1,5 +1,7 @@
-"""What the gateway's HTTP surfaces (its JSON API and the OpenAI-compatible API) share: the one mapping from gRPC
-status codes to HTTP statuses, and reading a request body within the limits (size, charset, time)."""
+"""What the HTTP surfaces (the gateway's JSON API, its OpenAI-compatible API, and the Open Inference Protocol's
+REST form on the gateway and the classifier) share: the one mapping from gRPC status codes to HTTP statuses, the
+request id and the deadline of a request, counting a call, and reading a request body within the limits (size,
+charset, time)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from aiohttp import web
 from services.core import errors, tracing
 from services.core.inflight import InflightCalls
 from services.core.status import status_of
-from services.core.wire import REQUEST_ID, TRACEPARENT
+from services.core.wire import REQUEST_ID, TRACEPARENT, checked_request_id
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +119,49 @@ async def read_body(request: web.Request, timeout_s: float) -> str:
         raise HttpRefusal(408, f"request body not received within {timeout_s:g} s") from None
     except UnicodeDecodeError as error:
         raise errors.InvalidArgument(f"request body is not valid UTF-8 (byte {error.start})") from None
+
+
+RefusalEnvelope = Callable[[grpc.StatusCode, str, str], dict[str, Any]]
+
+
+def request_id_and_envelope(envelope: RefusalEnvelope) -> Any:
+    """A middleware: every request gets its checked request id; aiohttp's own refusals (unknown path 404, wrong
+    method 405, ...) keep their status but answer in `envelope(code, message, request id)`, logged as the
+    caller's mistake."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        request_id = request[REQUEST_ID] = checked_request_id(request.headers.get(REQUEST_ID))
+        try:
+            return await handler(request)
+        except web.HTTPException as refusal:
+            if refusal.status < 400:
+                raise
+            code = CODE_OF_HTTP_STATUS.get(refusal.status, grpc.StatusCode.INVALID_ARGUMENT)
+            log.info(
+                "%s %s refused with %d %s (request %s)",
+                request.method,
+                request.path,
+                refusal.status,
+                refusal.reason,
+                request_id,
+            )
+            headers = {REQUEST_ID: request_id}
+            if "allow" in refusal.headers:
+                headers["allow"] = refusal.headers["allow"]
+            body = envelope(code, refusal.reason, request_id)
+            return web.json_response(body, status=refusal.status, headers=headers)
+
+    return middleware
+
+
+def timeout_of(request: web.Request) -> float | None:
+    """The call's time limit in seconds, from the x-timeout-ms header (None: no limit)."""
+    timeout_ms = request.headers.get(TIMEOUT_HEADER)
+    try:
+        timeout_s = None if timeout_ms is None else float(timeout_ms) / 1000
+    except ValueError:
+        raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
+    return timeout_s

@@ -1,18 +1,18 @@
-"""The Open Inference Protocol (v2) over REST on the gateway's HTTP port, forwarded to the classifier replicas over
-the protocol's gRPC form, behind the gateway's API keys and rate limits.
+"""The Open Inference Protocol (v2) over REST, translated to the protocol's gRPC messages and answered by a
+`forward(method, request, call)`: the gateway's forwards to the classifier replicas over gRPC v2, behind its API
+keys and rate limits; the classifier's own (`--http-port`) calls its v2 servicer in-process.
 
 GET /v2 (server metadata), /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}] (model metadata)
 and .../ready; POST .../infer with the JSON tensor format (`data` as a flat or nested list; the binary tensor
 extension is not supported, and outputs asked for as binary come as JSON). Output parameters go through, so
-Triton's classification extension works as on the classifier. Errors are {"error": message} with the HTTP status
-of their gRPC code.
+Triton's classification extension works. Errors are {"error": message} with the HTTP status of their gRPC code.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -21,12 +21,11 @@ from google.protobuf import json_format
 from inference import grpc_predict_v2_pb2 as pb
 
 from services.core import errors
+from services.core.http_wire import Respond, counted_answer, read_body
 from services.core.inflight import InflightCalls
 from services.core.status import INTERNAL_MESSAGE
 from services.core.tensors import unpack_bytes
 from services.core.wire import REQUEST_ID
-from services.gateway.backends import Backend, CallContext
-from services.gateway.http_wire import Respond, counted_answer, read_body
 
 OK = grpc.StatusCode.OK
 BINARY_HEADER = "inference-header-content-length"
@@ -35,17 +34,29 @@ MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 
 
-class V2Routes:
+class Call(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+C = TypeVar("C", bound=Call)
+Forward = Callable[[str, Any, C], Awaitable[Any]]
+
+
+class V2Routes(Generic[C]):
+    """`admit` refuses while draining (and, on the gateway, authenticates and applies the rate limit) and gives the
+    call; `forward` answers one protocol method (its gRPC name) for it."""
+
     def __init__(
         self,
         calls: InflightCalls,
-        admit: Callable[[web.Request], CallContext],
-        classifier: Backend,
+        admit: Callable[[web.Request], C],
+        forward: Forward[C],
         body_timeout_s: float,
     ) -> None:
         self._calls = calls
-        self._admit = admit  # refuses while draining, authenticates, applies the rate limit
-        self._classifier = classifier
+        self._admit = admit
+        self._forward_call = forward
         self._body_timeout_s = body_timeout_s
 
     def register(self, app: web.Application) -> None:
@@ -61,7 +72,7 @@ class V2Routes:
         async def handle(request: web.Request) -> web.StreamResponse:
             async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
                 call = self._admit(request)
-                answer = await self._classifier.unary(method, build(request), call)
+                answer = await self._forward_call(method, build(request), call)
                 body = json_format.MessageToDict(
                     answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
                 )
@@ -81,7 +92,7 @@ class V2Routes:
             except (ValueError, RecursionError):
                 raise errors.InvalidArgument("the request body is not valid JSON") from None
             infer = infer_request(body, request.match_info["name"], request.match_info.get("version", ""))
-            answer = await self._classifier.unary("ModelInfer", infer, call)
+            answer = await self._forward_call("ModelInfer", infer, call)
             return web.json_response(infer_response(answer), headers={REQUEST_ID: call.request_id}), OK
 
         return await self._answer(request, "ModelInfer", respond)
