@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -165,3 +165,49 @@ def timeout_of(request: web.Request) -> float | None:
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
         raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be > 0")
     return timeout_s
+
+
+async def stream_events(
+    request: web.Request,
+    messages: AsyncIterator[Any],
+    *,
+    request_id: str,
+    method: str,
+    event: Callable[[Any, bool], bytes],
+    error_event: Callable[[Exception, grpc.StatusCode], bytes],
+    closing: Callable[[Any], bytes] = lambda last: b"",
+    content_type: str = SSE,
+) -> tuple[web.StreamResponse, grpc.StatusCode]:
+    """A backend's stream of `messages` as an HTTP stream: `event(message, is_first)` for each, `closing(last)`
+    after them. An error before the first message gets its own HTTP status (raised); after it, the status line is
+    sent, so the error travels as the last event (`error_event`). A caller that goes away ends it CANCELLED; either
+    way `messages` is closed, which stops the backend's work."""
+    try:
+        first = await anext(messages)
+    except BaseException:
+        await messages.aclose()  # type: ignore[attr-defined]
+        raise
+    response = web.StreamResponse(
+        headers={"content-type": content_type, REQUEST_ID: request_id, "cache-control": "no-cache"}
+    )
+    try:
+        await response.prepare(request)
+        last = first
+        await response.write(event(first, True))
+        async for message in messages:
+            last = message
+            await response.write(event(message, False))
+        if tail := closing(last):
+            await response.write(tail)
+        await response.write_eof()
+        return response, grpc.StatusCode.OK
+    except ConnectionError:
+        return response, grpc.StatusCode.CANCELLED
+    except Exception as error:
+        code = status_of(error)
+        log_unexpected(error, code, request_id, method)
+        await response.write(error_event(error, code))
+        await response.write_eof()
+        return response, code
+    finally:
+        await messages.aclose()  # type: ignore[attr-defined]

@@ -32,15 +32,15 @@ from services.core.http_wire import (
     SSE,
     Respond,
     counted_answer,
-    log_unexpected,
     read_body,
     request_id_and_envelope,
+    stream_events,
     timeout_of,
 )
 from services.core.inflight import InflightCalls
 from services.core.listener import HttpListener
 from services.core.oip_rest import V2Routes
-from services.core.status import INTERNAL_MESSAGE, status_of
+from services.core.status import INTERNAL_MESSAGE
 from services.core.wire import REQUEST_ID
 from services.gateway.admission import Admission
 from services.gateway.backends import Backend, CallContext
@@ -202,34 +202,17 @@ async def _parse(request: web.Request, message_class: type[Message], timeout_s: 
 async def _stream(
     request: web.Request, messages: AsyncIterator[Message], request_id: str, method: str
 ) -> tuple[web.StreamResponse, grpc.StatusCode]:
-    """Server-sent events (when the request accepts them) or JSON lines; an error before the first message gets its
-    own HTTP status (raised), a later one travels as the last frame."""
-    try:
-        first = await anext(messages)
-    except BaseException:
-        await messages.aclose()  # type: ignore[attr-defined]
-        raise
+    """Server-sent events (when the request accepts them) or JSON lines."""
     sse = SSE in request.headers.get("accept", "")
-    response = web.StreamResponse(
-        headers={"content-type": SSE if sse else JSON_LINES, REQUEST_ID: request_id, "cache-control": "no-cache"}
+    return await stream_events(
+        request,
+        messages,
+        request_id=request_id,
+        method=method,
+        event=lambda message, first: _frame(to_json(message, defaults=False), sse),
+        error_event=lambda error, code: _frame(_error_body(error, code, request_id), sse, event="error"),
+        content_type=SSE if sse else JSON_LINES,
     )
-    try:
-        await response.prepare(request)
-        await response.write(_frame(to_json(first, defaults=False), sse))
-        async for message in messages:
-            await response.write(_frame(to_json(message, defaults=False), sse))
-        await response.write_eof()
-        return response, grpc.StatusCode.OK
-    except ConnectionError:  # the client went away; closing `messages` stops the backend's sequence
-        return response, grpc.StatusCode.CANCELLED
-    except Exception as error:  # the status line is sent: the error travels as the last frame
-        code = status_of(error)
-        log_unexpected(error, code, request_id, method)
-        await response.write(_frame(_error_body(error, code, request_id), sse, event="error"))
-        await response.write_eof()
-        return response, code
-    finally:
-        await messages.aclose()  # type: ignore[attr-defined]
 
 
 def _frame(body: dict[str, Any], sse: bool, event: str | None = None) -> bytes:

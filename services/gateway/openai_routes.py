@@ -11,7 +11,7 @@ client that goes away mid-stream stops its generation at once.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,9 +21,8 @@ from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
-from services.core.http_wire import SSE, Respond, counted_answer, log_unexpected, read_body
+from services.core.http_wire import Respond, counted_answer, read_body, stream_events
 from services.core.inflight import InflightCalls
-from services.core.status import status_of
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
 from services.gateway.backends import Backend, CallContext
@@ -77,41 +76,21 @@ class OpenAIRoutes:
     async def _stream(
         self, request: web.Request, generation: openai.Generation, answer: openai.Answer, call: CallContext
     ) -> tuple[web.StreamResponse, grpc.StatusCode]:
-        """Server-sent chunks; errors before the first one get their own HTTP status (raised), later ones travel
-        as the last event."""
-        deltas: AsyncIterator[generator_pb2.GenerateStreamResponse] = self._backend().stream(
-            "GenerateStream", generation.request, call
+        """Server-sent chunks (the first carries the role), the usage chunk when asked for, then [DONE]."""
+
+        def closing(last: generator_pb2.GenerateStreamResponse) -> bytes:
+            usage = openai.sse(answer.usage_chunk(last.usage)) if generation.include_usage else b""
+            return usage + openai.sse("[DONE]")
+
+        return await stream_events(
+            request,
+            self._backend().stream("GenerateStream", generation.request, call),
+            request_id=call.request_id,
+            method="GenerateStream",
+            event=lambda delta, first: openai.sse(answer.chunk(delta.text, delta.finish_reason, first=first)),
+            error_event=lambda error, code: openai.sse(openai.error_body(error, code)),
+            closing=closing,
         )
-        try:
-            first = await anext(deltas)
-        except BaseException:
-            await deltas.aclose()  # type: ignore[attr-defined]
-            raise
-        response = web.StreamResponse(
-            headers={"content-type": SSE, "cache-control": "no-cache", REQUEST_ID: call.request_id}
-        )
-        try:
-            await response.prepare(request)
-            last = first
-            await response.write(openai.sse(answer.chunk(first.text, first.finish_reason, first=True)))
-            async for delta in deltas:
-                last = delta
-                await response.write(openai.sse(answer.chunk(delta.text, delta.finish_reason)))
-            if generation.include_usage:
-                await response.write(openai.sse(answer.usage_chunk(last.usage)))
-            await response.write(openai.sse("[DONE]"))
-            await response.write_eof()
-            return response, OK
-        except ConnectionError:  # the client went away: closing `deltas` stops the generator's sequence
-            return response, grpc.StatusCode.CANCELLED
-        except Exception as error:
-            code = status_of(error)
-            log_unexpected(error, code, call.request_id, "stream")
-            await response.write(openai.sse(openai.error_body(error, code)))
-            await response.write_eof()
-            return response, code
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
