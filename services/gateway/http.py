@@ -5,8 +5,8 @@ request message as JSON and answer the response message; POST /v1/draft-reply an
 as server-sent events (Accept: text/event-stream) or JSON lines.
 GET /healthz is liveness (the process answers), GET /readyz readiness (every backend has a SERVING replica).
 The OpenAI-compatible endpoints (/v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings) and the Open
-Inference Protocol's REST form (/v2/...) share the port: see services.gateway.openai_routes and
-services.core.oip_rest.
+Inference Protocol's REST form (/v2/...), with Triton's generate extension, share the port: see
+services.gateway.openai_routes, services.core.oip_rest and services.gateway.triton_generate.
 Headers: authorization / x-api-key, x-request-id, x-timeout-ms (the call's deadline). Errors are JSON
 {"error": {"code", "message", "requestId"}} with the gRPC code mapped to an HTTP status by `http_status`.
 """
@@ -46,6 +46,7 @@ from services.gateway.admission import Admission
 from services.gateway.backends import Backend, CallContext
 from services.gateway.openai_routes import OpenAIRoutes
 from services.gateway.operations import GatewayOperations
+from services.gateway.triton_generate import GenerateRoutes
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class HttpBridge:
             calls, self._admit_call, classifier, generator, operations.embed_texts, limits.body_timeout_s
         ).register(app)
         V2Routes(calls, self._admit_call, classifier.unary, limits.body_timeout_s).register(app)
+        GenerateRoutes(calls, self._admit_call, generator, limits.body_timeout_s).register(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self._listener = HttpListener(

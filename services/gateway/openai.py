@@ -84,8 +84,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "suffix": lambda v: _refuse_if(bool(v), "suffix", "is not supported"),
 }
 # Fields read by the translation below, and fields that change nothing here (`user` identifies the end user).
-_SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop")
-_READ = {"model", "stream", "stream_options", "user", *_SAMPLING}
+SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop")
+_READ = {"model", "stream", "stream_options", "user", *SAMPLING_FIELDS}
 
 
 def chat_generation(body: Any) -> Generation:
@@ -95,7 +95,7 @@ def chat_generation(body: Any) -> Generation:
     if not isinstance(messages, list) or not messages:
         raise Unsupported("messages", "messages must be a non-empty list of {role, content}")
     chat = [_chat_message(index, message) for index, message in enumerate(messages)]
-    request = generator_pb2.GenerateRequest(model=_model(fields), messages=chat, sampling=_sampling(fields))
+    request = generator_pb2.GenerateRequest(model=_model(fields), messages=chat, sampling=sampling_parameters(fields))
     return Generation(request, *_streaming(fields))
 
 
@@ -107,7 +107,7 @@ def completion_generation(body: Any) -> Generation:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise Unsupported("prompt", "prompt must be a non-empty string (one prompt per request)")
-    request = generator_pb2.GenerateRequest(model=_model(fields), prompt=prompt, sampling=_sampling(fields))
+    request = generator_pb2.GenerateRequest(model=_model(fields), prompt=prompt, sampling=sampling_parameters(fields))
     return Generation(request, *_streaming(fields))
 
 
@@ -197,7 +197,9 @@ def _chat_message(index: int, message: Any) -> generator_pb2.ChatMessage:
     return generator_pb2.ChatMessage(role=message["role"], content=content)
 
 
-def _sampling(fields: Mapping[str, Any]) -> generator_pb2.SamplingParameters:
+def sampling_parameters(fields: Mapping[str, Any]) -> generator_pb2.SamplingParameters:
+    """The sampling fields OpenAI's requests (and Triton's generate extension) share, checked: max_tokens
+    (or max_completion_tokens), temperature, top_p, seed, stop."""
     sampling = generator_pb2.SamplingParameters()
     max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
     if max_tokens is not None:
