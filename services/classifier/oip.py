@@ -11,6 +11,7 @@ is how Triton's clients read a classifier's labels.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from services.core.texts import check_texts
 TEXT_INPUT = "text"
 PLATFORM = "onnxruntime_onnx"
 ANY = -1
+LABELS = "labels"  # the metadata parameter of "probabilities" that names its columns
 CLASSIFICATION = "classification"  # Triton's extension: the output parameter, and its name in ServerMetadata
 
 
@@ -61,7 +63,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform=PLATFORM,
             inputs=[pb.ModelMetadataResponse.TensorMetadata(name=TEXT_INPUT, datatype="BYTES", shape=[ANY])],
             outputs=[
-                pb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=name, datatype=datatype, shape=shape, parameters=_tensor_parameters(name, model)
+                )
                 for name, datatype, shape in _outputs_of(model)
             ],
         )
@@ -125,6 +129,13 @@ def _outputs_of(model: BatchedEncoder) -> list[tuple[str, str, list[int]]]:
 def _best(rows: np.ndarray, count: int) -> np.ndarray:
     """Per row, the indices of its `count` highest scores, best first (ties: the lower index)."""
     return np.argsort(-rows, axis=1, kind="stable")[:, :count]
+
+
+def _tensor_parameters(output: str, model: BatchedEncoder) -> dict[str, pb.InferParameter]:
+    """A classifier's labels on its "probabilities" metadata, in column order (a JSON array)."""
+    if output == "probabilities" and isinstance(model, ClassifierModel):
+        return {LABELS: pb.InferParameter(string_param=json.dumps(model.labels))}
+    return {}
 
 
 def _texts(request: pb.ModelInferRequest) -> list[str]:

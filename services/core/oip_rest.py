@@ -34,6 +34,27 @@ MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 
 
+def _as_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def model_metadata_json(response: pb.ModelMetadataResponse) -> dict[str, Any]:
+    """Model metadata as v2 JSON: a tensor's parameters, where it has any, as plain values (the labels of a
+    classifier's "probabilities", say)."""
+    body = _as_json(response)
+    for tensor, message in zip([*body["inputs"], *body["outputs"]], [*response.inputs, *response.outputs], strict=True):
+        parameters = {
+            name: getattr(value, value.WhichOneof("parameter_choice")) for name, value in message.parameters.items()
+        }
+        if parameters:
+            tensor["parameters"] = parameters
+        else:
+            tensor.pop("parameters", None)
+    return body
+
+
 class Call(Protocol):
     @property
     def request_id(self) -> str: ...
@@ -64,19 +85,19 @@ class V2Routes(Generic[C]):
         app.router.add_get("/v2/health/live", self._forward("ServerLive", lambda r: pb.ServerLiveRequest()))
         app.router.add_get("/v2/health/ready", self._forward("ServerReady", lambda r: pb.ServerReadyRequest()))
         for path in (MODEL, VERSION):
-            app.router.add_get(path, self._forward("ModelMetadata", _model_request(pb.ModelMetadataRequest)))
+            metadata = _model_request(pb.ModelMetadataRequest)
+            app.router.add_get(path, self._forward("ModelMetadata", metadata, model_metadata_json))
             app.router.add_get(path + "/ready", self._forward("ModelReady", _model_request(pb.ModelReadyRequest)))
             app.router.add_post(path + "/infer", self._infer)
 
-    def _forward(self, method: str, build: Callable[[web.Request], Any]) -> Any:
+    def _forward(
+        self, method: str, build: Callable[[web.Request], Any], to_json: Callable[[Any], dict[str, Any]] = _as_json
+    ) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             async def respond() -> tuple[web.StreamResponse, grpc.StatusCode]:
                 call = self._admit(request)
                 answer = await self._forward_call(method, build(request), call)
-                body = json_format.MessageToDict(
-                    answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                return web.json_response(body, headers={REQUEST_ID: call.request_id}), OK
+                return web.json_response(to_json(answer), headers={REQUEST_ID: call.request_id}), OK
 
             return await self._answer(request, method, respond)
 

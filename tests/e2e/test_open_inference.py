@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from ecomserve.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 
 from services.core.manifest import Manifest
 from services.dev.launcher import free_port
@@ -56,6 +57,12 @@ def test_tritonclient_talks_to_the_classifier(launcher: Launcher, model_repo: Pa
     assert sentiment["platform"] == "onnxruntime_onnx" and sentiment["versions"] == ["1"]
     assert sentiment["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
     assert [o["name"] for o in sentiment["outputs"]] == ["probabilities", "label"]
+    with grpc.insecure_channel(classifier.address) as channel:  # the labels, which tritonclient's messages skip
+        metadata = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            grpc_predict_v2_pb2.ModelMetadataRequest(name="sentiment"), timeout=10
+        )
+    labels_parameter = metadata.outputs[0].parameters["labels"].string_param
+    assert json.loads(labels_parameter) == Manifest.read(model_repo / "sentiment" / "1").labels
     assert answers["embed_metadata"]["outputs"] == [{"name": "embeddings", "datatype": "FP32", "shape": ["-1", "32"]}]
 
     folder = model_repo / "sentiment" / "1"
@@ -84,6 +91,8 @@ def assert_rest_answers(answers: dict, model_repo: Path) -> None:
     assert [o["name"] for o in answers["sentiment_metadata"]["outputs"]] == ["probabilities", "label"]
     folder = model_repo / "sentiment" / "1"
     labels = Manifest.read(folder).labels
+    probabilities, label = answers["sentiment_metadata"]["outputs"]
+    assert json.loads(probabilities["parameters"]["labels"]) == labels and "parameters" not in label
     for index, text in enumerate(TEXTS):
         expected = run_alone(folder, text)
         np.testing.assert_allclose(answers["probabilities"][index], expected, atol=1e-5)
