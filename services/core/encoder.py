@@ -159,6 +159,7 @@ class BatchedEncoder:
     async def aclose(self) -> None:
         await self.batcher.aclose()
         self._infer_pool.shutdown(wait=True)
+        metrics.forget_version(self._labels, metrics.QUEUE_DEPTH, metrics.QUEUE_CAPACITY, metrics.RUNTIME_INFO)
 
     def describe(self) -> str:
         if self.one_text_per_run:

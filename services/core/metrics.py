@@ -163,3 +163,14 @@ BACKEND_READY = Gauge(
 RATE_LIMITED = Counter(
     "ecomserve_rate_limited_requests_total", "Requests refused by an API key's rate limit.", ["service", "api_key"]
 )
+
+
+def forget_version(labels: tuple[str, ...], *families: Gauge | Info) -> None:
+    """Drop an unloaded model version's series of `families` (`labels`: service, model, version): gauges that read
+    the live model through a callback would keep the unloaded model in memory, and every one of them would go on
+    reporting a version that is gone."""
+    for family in families:
+        try:
+            family.remove(*labels)
+        except KeyError:  # never set for this version
+            pass

@@ -21,6 +21,11 @@ class SchedulerMetrics:
         metrics.QUEUE_DEPTH.labels(*labels).set_function(lambda: policy.queue_depth)
         metrics.QUEUE_CAPACITY.labels(*labels).set(policy.budgets.max_waiting_requests)
 
+    def close(self) -> None:
+        """The scheduler stopped (its version is unloaded): drop the gauges that read its state."""
+        gauges = (metrics.RUNNING_SEQUENCES, metrics.WAITING_SEQUENCES, metrics.QUEUE_DEPTH, metrics.QUEUE_CAPACITY)
+        metrics.forget_version(self._labels, *gauges)
+
     def step(self, result: StepResult) -> None:
         labels = self._labels
         if not result.rows:

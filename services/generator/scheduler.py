@@ -84,6 +84,7 @@ class ContinuousScheduler:
         if self._task is not None:
             await self._task
         self._worker.shutdown(wait=True)
+        self._metrics.close()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

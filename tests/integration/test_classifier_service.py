@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import urllib.request
+import weakref
 from pathlib import Path
 
 import grpc
@@ -19,7 +21,7 @@ from services.core.listener import serve_metrics
 from services.core.manifest import Manifest
 from services.dev.launcher import free_port
 from tests.fixtures import TEXTS
-from tests.integration.conftest import address_of, stub_for
+from tests.integration.conftest import address_of, running_classifier, stub_for
 from tests.onnx_reference import run_alone
 
 
@@ -267,3 +269,27 @@ async def test_a_tampered_model_file_is_refused(tmp_path: Path, model_repo: Path
     with pytest.raises(ModelFailure, match="sha256"):
         await app.load()
     await app.close()
+
+
+async def test_an_unloaded_version_frees_its_model_and_drops_its_series(model_repo: Path, tmp_path: Path) -> None:
+    """Nothing keeps a version whose folder went: not its queue-depth gauge's callback, not a reference cycle that
+    the collector would reach only some time later (or never, for what was frozen at start-up)."""
+    repository = tmp_path / "models"
+    for version in ("1", "2"):
+        shutil.copytree(model_repo / "intent" / version, repository / "intent" / version)
+    old_series = {"service": "classifier", "model": "intent", "version": "1"}
+    async with (
+        running_classifier(repository, model_names=("intent",), repository_poll_s=0.05) as app,
+        stub_for(app) as stub,
+    ):
+        await stub.Classify(pb.ClassifyRequest(model="intent", version=1, texts=TEXTS[:1]))
+        freed = weakref.ref(app.registry.get("intent", 1)[1])
+        assert REGISTRY.get_sample_value("ecomserve_queue_depth", old_series) == 0
+        shutil.rmtree(repository / "intent" / "1")
+        for _ in range(600):  # until unloaded, at most 30 s
+            if ("intent", 1) not in app.registry.loaded() | app.registry.states.keys():
+                break
+            await asyncio.sleep(0.05)
+        assert freed() is None
+        assert REGISTRY.get_sample_value("ecomserve_queue_depth", old_series) is None
+        assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS[:1]))).version == 2
