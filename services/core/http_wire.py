@@ -6,6 +6,7 @@ charset, time)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -119,6 +120,15 @@ async def read_body(request: web.Request, timeout_s: float) -> str:
         raise HttpRefusal(408, f"request body not received within {timeout_s:g} s") from None
     except UnicodeDecodeError as error:
         raise errors.InvalidArgument(f"request body is not valid UTF-8 (byte {error.start})") from None
+
+
+async def read_json(request: web.Request, timeout_s: float) -> Any:
+    """The request body parsed as JSON (an empty body is null), within read_body's limits; InvalidArgument when it
+    is not JSON."""
+    try:
+        return json.loads(await read_body(request, timeout_s) or "null")
+    except (ValueError, RecursionError):
+        raise errors.InvalidArgument("the request body is not valid JSON") from None
 
 
 RefusalEnvelope = Callable[[grpc.StatusCode, str, str], dict[str, Any]]

@@ -10,7 +10,6 @@ Triton's classification extension works. Errors are {"error": message} with the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -21,7 +20,7 @@ from google.protobuf import json_format
 from inference import grpc_predict_v2_pb2 as pb
 
 from services.core import errors
-from services.core.http_wire import Respond, counted_answer, read_body
+from services.core.http_wire import Respond, counted_answer, read_json
 from services.core.inflight import InflightCalls
 from services.core.status import INTERNAL_MESSAGE
 from services.core.tensors import unpack_bytes
@@ -108,10 +107,7 @@ class V2Routes(Generic[C]):
             call = self._admit(request)
             if BINARY_HEADER in request.headers:
                 raise errors.InvalidArgument("the binary tensor data extension is not supported: send JSON data")
-            try:
-                body = json.loads(await read_body(request, self._body_timeout_s) or "null")
-            except (ValueError, RecursionError):
-                raise errors.InvalidArgument("the request body is not valid JSON") from None
+            body = await read_json(request, self._body_timeout_s)
             infer = infer_request(body, request.match_info["name"], request.match_info.get("version", ""))
             answer = await self._forward_call("ModelInfer", infer, call)
             return web.json_response(infer_response(answer), headers={REQUEST_ID: call.request_id}), OK

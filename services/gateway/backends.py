@@ -329,6 +329,13 @@ class Backend:
         metrics.BACKEND_DURATION.labels(self.name, method).observe(time.perf_counter() - started)
 
 
+def configured_generator(generator: Backend | None) -> Backend:
+    """The generator backend, or UNAVAILABLE for a call that needs one on a gateway started without it."""
+    if generator is None:
+        raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
+    return generator
+
+
 def _metadata(call: CallContext) -> tuple[tuple[str, str], ...]:
     """The request id, and the caller's trace context so that the backend's log lines carry its trace id (with
     tracing on, the client spans carry their own)."""

@@ -10,7 +10,6 @@ client that goes away mid-stream stops its generation at once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,11 +20,11 @@ from ecomserve.gateway.v1 import gateway_pb2
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
-from services.core.http_wire import Respond, counted_answer, read_body, stream_events
+from services.core.http_wire import Respond, counted_answer, read_json, stream_events
 from services.core.inflight import InflightCalls
 from services.core.wire import REQUEST_ID
 from services.gateway import openai
-from services.gateway.backends import Backend, CallContext
+from services.gateway.backends import Backend, CallContext, configured_generator
 
 Translate = Callable[[Any], openai.Generation]
 EmbedTexts = Callable[[gateway_pb2.EmbedTextsRequest, CallContext], Awaitable[gateway_pb2.EmbedTextsResponse]]
@@ -131,12 +130,7 @@ class OpenAIRoutes:
         return await self._answer(request, "Embeddings", respond)
 
     async def _json(self, request: web.Request) -> Any:
-        try:
-            return json.loads(await read_body(request, self._body_timeout_s) or "null")
-        except (ValueError, RecursionError):
-            raise errors.InvalidArgument("the request body is not valid JSON") from None
+        return await read_json(request, self._body_timeout_s)
 
     def _backend(self) -> Backend:
-        if self._generator is None:
-            raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
-        return self._generator
+        return configured_generator(self._generator)

@@ -16,7 +16,7 @@ from ecomserve.gateway.v1 import gateway_pb2
 from services.core import errors
 from services.core.texts import check_texts
 from services.gateway import fields
-from services.gateway.backends import Backend, CallContext
+from services.gateway.backends import Backend, CallContext, configured_generator
 from services.gateway.coalescing import MessageClassifier
 from services.gateway.marketing import MarketingCopyWriter
 from services.gateway.reviews import ReviewAnalyzer, ReviewsConfig
@@ -223,9 +223,7 @@ class GatewayOperations:
         return await self._reviews.analyze(request, call)
 
     def _generator_backend(self) -> Backend:
-        if self._generator is None:
-            raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
-        return self._generator
+        return configured_generator(self._generator)
 
     def _check_texts(self, model: str, texts: Sequence[str]) -> None:
         check_texts(model, texts, self._limits.max_texts_per_request, self._limits.max_text_chars)

@@ -11,7 +11,6 @@ gateway's API keys and rate limits, like every route of the port.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +19,11 @@ from aiohttp import web
 from ecomserve.generator.v1 import generator_pb2
 
 from services.core import errors
-from services.core.http_wire import Respond, counted_answer, read_body, stream_events
+from services.core.http_wire import Respond, counted_answer, read_json, stream_events
 from services.core.inflight import InflightCalls
 from services.core.oip_rest import error_body
 from services.core.wire import REQUEST_ID
-from services.gateway.backends import Backend, CallContext
+from services.gateway.backends import Backend, CallContext, configured_generator
 from services.gateway.openai import SAMPLING_FIELDS, Unsupported, sampling_parameters, sse
 
 TEXT_INPUT = "text_input"
@@ -98,10 +97,7 @@ class GenerateRoutes:
 
     async def _accept(self, request: web.Request, stream: bool) -> tuple[CallContext, generator_pb2.GenerateRequest]:
         call = self._admit(request)
-        try:
-            body = json.loads(await read_body(request, self._body_timeout_s) or "null")
-        except (ValueError, RecursionError):
-            raise errors.InvalidArgument("the request body is not valid JSON") from None
+        body = await read_json(request, self._body_timeout_s)
         match = request.match_info
         return call, generate_request(body, match["name"], match.get("version", ""), stream)
 
@@ -109,9 +105,7 @@ class GenerateRoutes:
         return await counted_answer(self._calls, method, request, respond, error_body)
 
     def _backend(self) -> Backend:
-        if self._generator is None:
-            raise errors.Unavailable("no generator backend is configured on this gateway (--generator)")
-        return self._generator
+        return configured_generator(self._generator)
 
 
 def _output(model: str, version: int, text: str) -> dict[str, Any]:
