@@ -186,6 +186,8 @@ class ModelService(Generic[M]):
                 del self._failed[key]
                 self.registry.states.pop(key, None)
             for key in sorted(found.keys() - self.registry.loaded()):
+                if self.registry.states.get(key, ("",))[0] == UNLOADING:
+                    continue  # its folder came back while the old one finishes: loaded again once that one closed
                 fingerprint = folder_fingerprint(found[key].folder)
                 settled = forced or looked.get(key) == fingerprint
                 looked[key] = fingerprint
