@@ -83,7 +83,9 @@ async def test_concurrent_requests_are_batched_together_visible_in_metrics(class
         await asyncio.gather(
             *(stub.Classify(pb.ClassifyRequest(model=model, texts=[TEXTS[i % len(TEXTS)]])) for i in range(32))
         )
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+        # While the models serve: a closed model's per-version gauges (runtime info, queue depth) are gone.
+        url = f"http://127.0.0.1:{port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
     samples = [sample for family in text_string_to_metric_families(body) for sample in family.samples]
 
     def value(metric: str, **extra: str) -> float:
