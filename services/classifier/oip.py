@@ -22,7 +22,8 @@ from inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from services.classifier.heads import ClassifierModel, EmbedderModel
 from services.core.encoder import BatchedEncoder
-from services.core.errors import InvalidArgument, NotFound
+from services.core.errors import InvalidArgument
+from services.core.oip_rest import version_number
 from services.core.repository import Registry
 from services.core.server import deadline_of
 from services.core.tensors import pack_bytes, unpack_bytes
@@ -114,9 +115,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _model(self, name: str, version: str) -> tuple[int, BatchedEncoder]:
         if not name:
             raise InvalidArgument("model name is required; ModelMetadata and ListModels show what is served")
-        if version and not version.isdigit():
-            raise NotFound(f"model {name!r} has no version {version!r}; versions are whole numbers")
-        return self._registry.get(name, int(version or 0))
+        return self._registry.get(name, version_number(name, version))
 
 
 def _outputs_of(model: BatchedEncoder) -> list[tuple[str, str, list[int]]]:

@@ -33,6 +33,14 @@ MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 
 
+def version_number(model: str, version: str) -> int:
+    """A protocol version string ("" for the default) as the number the services take (0 for the default);
+    NotFound for anything else, as no such version exists."""
+    if version and not version.isdigit():
+        raise errors.NotFound(f"model {model!r} has no version {version!r}; versions are whole numbers")
+    return int(version or 0)
+
+
 def _as_json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -18,10 +18,9 @@ import grpc
 from aiohttp import web
 from ecomserve.generator.v1 import generator_pb2
 
-from services.core import errors
 from services.core.http_wire import Respond, counted_answer, read_json, stream_events
 from services.core.inflight import InflightCalls
-from services.core.oip_rest import error_body
+from services.core.oip_rest import error_body, version_number
 from services.core.wire import REQUEST_ID
 from services.gateway.backends import Backend, CallContext, configured_generator
 from services.gateway.openai import SAMPLING_FIELDS, Unsupported, sampling_parameters, sse
@@ -47,10 +46,8 @@ def generate_request(body: Any, model: str, version: str, stream: bool) -> gener
     text = fields.get(TEXT_INPUT)
     if not isinstance(text, str) or not text:
         raise Unsupported(TEXT_INPUT, f"{TEXT_INPUT} is required: the prompt, a non-empty string")
-    if version and not version.isdigit():
-        raise errors.NotFound(f"model {model!r} has no version {version!r}; versions are whole numbers")
     return generator_pb2.GenerateRequest(
-        model=model, version=int(version or 0), prompt=text, sampling=sampling_parameters(fields)
+        model=model, version=version_number(model, version), prompt=text, sampling=sampling_parameters(fields)
     )
 
 
