@@ -80,7 +80,11 @@ def _generator_command(commands: Any) -> None:
     _common(generator)
     generator.add_argument("--gguf-file", help="GGUF checkpoint inside the --model folder (or hub repo)")
     generator.add_argument(
-        "--quantize", choices=["int8", "int4"], help="int8 dynamic (MatMul) or int4 weight-only (MatMulNBits)"
+        "--quantize",
+        choices=["int8", "int4", "gguf", "gguf-int8"],
+        help="int8 dynamic (MatMul) or int4 weight-only (MatMulNBits), both re-quantizing the fp32 weights; or, with "
+        "--gguf-file, gguf: the file's Q4_0/Q4_1 blocks as MatMulNBits, exact (fp32 compute), or gguf-int8: its "
+        "Q4_0/Q4_1/Q8_0 blocks with int8 compute (faster, no longer exact)",
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from export import quantize, sources
+from export import gguf_blocks, quantize, sources
 from export.errors import ExportError
 from export.package import choose_version, earlier_export
 from export.pipeline import OPSET, write_version
@@ -41,6 +42,11 @@ from services.core.manifest import (
 FP32_LOGITS_TOLERANCE = 1e-3
 GREEDY_TOKENS = 20
 QUANTIZERS = {"int8": quantize.quantize_int8_decoder, "int4": quantize.quantize_int4_weight_only}
+# A GGUF checkpoint's own blocks as MatMulNBits (export/gguf_blocks.py), by the compute they multiply in.
+GGUF_TRANSCODES = {"gguf": "fp32", "gguf-int8": "int8"}
+QUANTIZE_CHOICES = (*QUANTIZERS, *GGUF_TRANSCODES)
+# The decode step the manifest times: batch sizes of one stream and of a loaded server, over this much context.
+TIMED_BATCHES, TIMED_PAST_TOKENS, TIMED_STEPS = (1, 16), 64, 8
 # Part of the digest that lets `export defaults` skip a model exported before: a new graph layout is re-exported.
 GRAPH_REVISION = 2  # 2: logits of the last position only, grouped-query attention without repeat_kv
 GROUPED_QUERY_ATTENTION = "ecomserve_grouped_query"
@@ -57,7 +63,7 @@ class GeneratorExport:
     out: Path
     gguf_file: str | None = None
     version: int | None = None
-    quantize: str | None = None  # None, "int8" or "int4"
+    quantize: str | None = None  # None or one of QUANTIZE_CHOICES
     force: bool = False
 
 
@@ -139,8 +145,10 @@ def _traced_attention(model: Any) -> Iterator[None]:
 def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
     """Export with KV cache, check parity and greedy decoding, optionally quantize, write the version folder."""
     folder = sources.check_source(job.model, job.gguf_file)
-    if job.quantize not in (None, *QUANTIZERS):
-        raise ExportError(f"--quantize {job.quantize}: generators support {', '.join(QUANTIZERS)}")
+    if job.quantize not in (None, *QUANTIZE_CHOICES):
+        raise ExportError(f"--quantize {job.quantize}: generators support {', '.join(QUANTIZE_CHOICES)}")
+    if job.quantize in GGUF_TRANSCODES and not job.gguf_file:
+        raise ExportError(f"--quantize {job.quantize} transcodes a GGUF checkpoint's blocks: pass --gguf-file")
     digest = None
     if folder is not None:
         extra = json.dumps(
@@ -160,15 +168,18 @@ def export_generator(job: GeneratorExport) -> tuple[Manifest, Path]:
         "architecture": model.config.model_type,
         "inputs_sha256": digest,
     }
-    steps = _DecoderSteps(model, tokenizer)
+    gguf_path = None
+    if job.quantize in GGUF_TRANSCODES and job.gguf_file:
+        gguf_path = sources.gguf_path(job.model, folder, job.gguf_file)
+    steps = _DecoderSteps(model, tokenizer, gguf_path)
     return write_version(job.out, job.name, version, steps, job.quantize, task=TASK_GENERATION, source=source)
 
 
 class _DecoderSteps:
     """The pipeline's steps (export.pipeline.ExportSteps) for a causal LM with its KV cache."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model: Any, tokenizer: Any, gguf_path: Path | None) -> None:
+        self.model, self.tokenizer, self.gguf_path = model, tokenizer, gguf_path
         self.layers, self.pad_id, self.eos_ids = _describe(model, tokenizer)
         self.module = _DecoderWithCache(model, self.layers).eval()
         self.graph = _GraphNames(self.layers)
@@ -186,6 +197,11 @@ class _DecoderSteps:
 
     def publish(self, method: str | None, fp32_path: Path, model_path: Path) -> dict[str, Any]:
         assert self.greedy is not None, "check runs before publish"
+        if method in GGUF_TRANSCODES:
+            assert self.gguf_path is not None, "export_generator resolves the GGUF file of a transcode"
+            return _publish_transcoded(
+                GGUF_TRANSCODES[method], self.gguf_path, fp32_path, model_path, self.greedy, self
+            )
         return _publish(method, fp32_path, model_path, self.greedy, self.tokenizer)
 
     def save_files(self, folder: Path) -> None:
@@ -335,18 +351,75 @@ def _publish(
     prompts are compared with fp32's. Returns the manifest's quantization entry."""
     if not method:
         fp32_path.rename(model_path)
-        return {"method": "none"}
+        return {"method": "none", "decode_step_ms": decode_step_ms(model_path, greedy.layers)}
     done = QUANTIZERS[method](fp32_path, model_path)
-    with step("greedy-token agreement of the quantized model with fp32"):
-        quantized_tokens = greedy.tokens_of(model_path)
-    quantization = {
-        "method": done,
-        **_token_agreement(quantized_tokens, greedy.fp32_tokens),
-        "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in quantized_tokens],
-    }
-    say(f"[export] {method} greedy-token agreement with fp32: {quantization['token_agreement']:.3f}")
+    quantization = {"method": done, **_agreement(model_path, greedy, tokenizer)}
     fp32_path.unlink()
     return quantization
+
+
+def _publish_transcoded(
+    compute: str, gguf_path: Path, fp32_path: Path, model_path: Path, greedy: _GreedyReference, steps: _DecoderSteps
+) -> dict[str, Any]:
+    """The GGUF blocks as MatMulNBits. With fp32 compute the graph must match PyTorch as the fp32 one does (logits
+    within the tolerance, the same greedy tokens); with int8 compute its agreement is recorded."""
+    details = gguf_blocks.transcode(gguf_path, fp32_path, model_path, compute)
+    with step("parity check of the transcoded graph: prefill and two cached decode steps vs PyTorch"):
+        logits_diff = _logits_parity(
+            steps.module, _OnnxDecoder(model_path, greedy.layers), steps.tokenizer, greedy.layers
+        )
+    say(f"[export] transcoded graph: logits max abs diff vs PyTorch {logits_diff:.2e}")
+    quantization = {
+        "method": f"gguf-blocks-matmulnbits-{compute}",
+        **details,
+        "logits_max_abs_diff_vs_pytorch": logits_diff,
+        **_agreement(model_path, greedy, steps.tokenizer),
+    }
+    if compute == "fp32" and not (logits_diff <= FP32_LOGITS_TOLERANCE and quantization["token_agreement"] == 1.0):
+        raise ExportError(
+            f"the transcoded graph is not faithful: logits differ from PyTorch by {logits_diff:.2e} (limit "
+            f"{FP32_LOGITS_TOLERANCE:.0e}), greedy agreement with fp32 {quantization['token_agreement']:.3f} "
+            "(expected 1.0)"
+        )
+    fp32_path.unlink()
+    return quantization
+
+
+def _agreement(model_path: Path, greedy: _GreedyReference, tokenizer: Any) -> dict[str, Any]:
+    """Greedy tokens of a quantized graph against the fp32 graph's, its samples, and its decode step time."""
+    with step("greedy-token agreement of the quantized model with fp32"):
+        quantized_tokens = greedy.tokens_of(model_path)
+    agreement = _token_agreement(quantized_tokens, greedy.fp32_tokens)
+    say(f"[export] greedy-token agreement with fp32: {agreement['token_agreement']:.3f}")
+    return {
+        **agreement,
+        "greedy_samples": [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in quantized_tokens],
+        "decode_step_ms": decode_step_ms(model_path, greedy.layers),
+    }
+
+
+def decode_step_ms(path: Path, layers: int) -> dict[str, float]:
+    """Median time of one cached decode step at each TIMED_BATCHES size, in this process, on this machine: what
+    `export defaults` compares to pick the served variant."""
+    decoder = _OnnxDecoder(path, layers)
+    timings = {}
+    with step(f"timing decode steps at batch {' and '.join(map(str, TIMED_BATCHES))}"):
+        for batch in TIMED_BATCHES:
+            past = [
+                np.zeros((batch, decoder.kv_heads, TIMED_PAST_TOKENS, decoder.head_dim), np.float32)
+                for _ in range(2 * layers)
+            ]
+            ids = np.ones((batch, 1), np.int64)
+            mask = np.ones((batch, TIMED_PAST_TOKENS + 1), np.int64)
+            positions = np.full((batch, 1), TIMED_PAST_TOKENS, np.int64)
+            durations = []
+            for _ in range(TIMED_STEPS + 2):
+                started = time.perf_counter()
+                decoder.step(ids, mask, positions, past)
+                durations.append(time.perf_counter() - started)
+            timings[f"batch_{batch}"] = round(float(np.median(durations[2:])) * 1000, 2)
+    say(f"[export] decode step: {', '.join(f'{k} {v} ms' for k, v in timings.items())}")
+    return timings
 
 
 def _save_tokenizer(tokenizer: Any, stage: Path) -> bool:

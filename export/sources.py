@@ -39,6 +39,18 @@ def check_source(model: str, gguf_file: str | None = None) -> Path | None:
     return folder
 
 
+def gguf_path(model: str, folder: Path | None, gguf_file: str) -> Path:
+    """The GGUF file itself: in the local folder, or the hub's cached download (transformers fetched it already)."""
+    if folder is not None:
+        return folder / gguf_file
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(model, gguf_file))
+    except OSError as err:
+        raise ExportError(f"cannot download {gguf_file} of {model!r} from the Hugging Face hub: {err}") from err
+
+
 def load(model: str, what: str, loader: Callable[..., T], **kwargs: Any) -> T:
     """Call a from_pretrained loader, turning missing files and unreachable hubs into one clear line."""
     try:

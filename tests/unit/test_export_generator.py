@@ -59,7 +59,15 @@ def test_quantized_decoder_records_agreement(tmp_path: Path, causal_lms: dict[st
     assert manifest.quantization["method"].startswith(method)
     assert 0.0 <= manifest.quantization["token_agreement"] <= 1.0
     assert len(manifest.quantization["greedy_samples"]) == 3
+    assert set(manifest.quantization["decode_step_ms"]) == {"batch_1", "batch_16"}
     Manifest.read(folder)
+
+
+def test_cli_gguf_transcoding_needs_a_gguf_file(tmp_path: Path, causal_lms: dict[str, Path]) -> None:
+    result = run_cli(
+        "generator", "--model", str(causal_lms["llama"]), "--quantize", "gguf", "--name", "x", "--out", str(tmp_path)
+    )
+    assert_one_line_failure(result, "--quantize gguf transcodes a GGUF checkpoint's blocks: pass --gguf-file")
 
 
 def test_cli_unsupported_architecture_names_the_supported_ones(tmp_path: Path, hf_models: dict[str, Path]) -> None:
