@@ -105,6 +105,14 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 )
 GENERATED_TOKENS = Counter("ecomserve_generated_tokens_total", "Tokens generated.", MODEL_LABELS)
 PROMPT_TOKENS = Counter("ecomserve_prompt_tokens_total", "Prompt tokens prefilled.", MODEL_LABELS)
+PREFIX_CACHE_TOKENS = Counter(
+    "ecomserve_prefix_cache_tokens_total",
+    "Prompt tokens prefilled, by outcome: hit (their KV came from the prefix cache) or miss (computed).",
+    [*MODEL_LABELS, "outcome"],
+)
+PREFIX_CACHE_BYTES = Gauge(
+    "ecomserve_prefix_cache_bytes", "Memory held by the prefix cache's KV (at most --prefix-cache-mb).", MODEL_LABELS
+)
 RUNNING_SEQUENCES = Gauge(
     "ecomserve_running_sequences", "Sequences in the running batch (decoded every step).", MODEL_LABELS
 )

@@ -39,6 +39,7 @@ class GeneratorApp(ModelService[GeneratorModel]):
             max_stop_sequences=config.max_stop_sequences,
         )
         self._max_input_tokens = config.max_input_tokens
+        self._prefix_cache_bytes = config.prefix_cache_mb << 20
         super().__init__(config, service=SERVICE, service_names=[SERVICE_NAME], tasks=(TASK_GENERATION,))
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -48,7 +49,13 @@ class GeneratorApp(ModelService[GeneratorModel]):
     def build(self, version: ModelVersion) -> GeneratorModel:
         runner = OnnxRunner(version.model_path, self._runtime)
         return GeneratorModel(
-            version, runner, self._budgets, self._max_input_tokens, self._prepare_pool, self.server.fail
+            version,
+            runner,
+            self._budgets,
+            self._max_input_tokens,
+            self._prepare_pool,
+            self.server.fail,
+            self._prefix_cache_bytes,
         )
 
     async def close(self) -> None:

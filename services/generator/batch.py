@@ -14,6 +14,7 @@ import numpy as np
 
 from services.core.runner import RunStop
 from services.generator.decoder import DecoderRunner
+from services.generator.prefix_cache import PrefixHit
 from services.generator.sequence import Sequence
 
 # KV cache axes: [batch, kv_heads, sequence, head_dim].
@@ -32,17 +33,31 @@ class DecodeBatch:
         return int(self.mask.shape[1])
 
     @classmethod
-    def prefill(cls, decoder: DecoderRunner, sequences: list[Sequence], pad_id: int) -> tuple[DecodeBatch, np.ndarray]:
-        """Run the prompts (left-padded together, empty past); the new batch and each row's next-token logits."""
-        width = max(len(s.prompt_ids) for s in sequences)
-        ids = np.full((len(sequences), width), pad_id, np.int64)
-        mask = np.zeros((len(sequences), width), np.int64)
-        for row, sequence in enumerate(sequences):
-            ids[row, width - len(sequence.prompt_ids) :] = sequence.prompt_ids
-            mask[row, width - len(sequence.prompt_ids) :] = 1
-        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
-        logits, present = decoder.forward(ids, mask, positions, decoder.empty_past(len(sequences)))
+    def prefill(
+        cls, decoder: DecoderRunner, sequences: list[Sequence], pad_id: int, hits: list[PrefixHit | None] | None = None
+    ) -> tuple[DecodeBatch, np.ndarray]:
+        """Run the prompts, left-padded together; the new batch and each row's next-token logits. A prompt with a
+        cached prefix (`hits`, per row) passes that prefix's KV as its past and runs only the rest: the past is
+        left-padded to the longest prefix, so a row's mask may have a gap between its prefix and the rest."""
+        cached = [hit.tokens if hit else 0 for hit in hits or [None] * len(sequences)]
+        rows, past_width = len(sequences), max(cached)
+        width = max(len(s.prompt_ids) - c for s, c in zip(sequences, cached, strict=True))
+        ids = np.full((rows, width), pad_id, np.int64)
+        mask = np.zeros((rows, past_width + width), np.int64)
+        for row, (sequence, prefix) in enumerate(zip(sequences, cached, strict=True)):
+            rest = sequence.prompt_ids[prefix:]
+            ids[row, width - len(rest) :] = rest
+            mask[row, past_width - prefix : past_width] = 1
+            mask[row, past_width + width - len(rest) :] = 1
+        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)[:, past_width:]
+        past = decoder.empty_past(rows) if not past_width else _left_padded_past(hits or [], past_width)
+        logits, present = decoder.forward(ids, mask, positions, past)
         return cls(sequences, mask, present, mask.sum(axis=1)), logits
+
+    def row_past(self, row: int, tokens: int) -> list[np.ndarray]:
+        """The KV of row `row`'s first `tokens` real tokens, per layer [1, kv_heads, tokens, head_dim] (a copy)."""
+        columns = np.flatnonzero(self.mask[row])[:tokens]
+        return [layer[row : row + 1][:, :, columns] for layer in self.past]
 
     def decode(self, decoder: DecoderRunner, stop: RunStop | None = None) -> np.ndarray:
         """Feed every row's last token; the cache grows by one column. Returns next-token logits per row. A
@@ -89,3 +104,18 @@ class DecodeBatch:
             past,
             np.concatenate([b.positions for b in batches]),
         )
+
+
+def _left_padded_past(hits: list[PrefixHit | None], width: int) -> list[np.ndarray]:
+    """Per layer, every row's cached prefix KV right-aligned in `width` columns (zeros where it has none)."""
+    sample = next(hit for hit in hits if hit is not None).past
+    past = []
+    for layer, like in enumerate(sample):
+        shape = list(like.shape)
+        shape[BATCH_AXIS], shape[SEQUENCE_AXIS] = len(hits), width
+        tensor = np.zeros(shape, like.dtype)
+        for row, hit in enumerate(hits):
+            if hit is not None:
+                tensor[row, :, width - hit.tokens :] = hit.past[layer][0]
+        past.append(tensor)
+    return past

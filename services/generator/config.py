@@ -30,6 +30,11 @@ class GeneratorConfig(ModelServerConfig):
         "running or waiting, RESOURCE_EXHAUSTED at once",
     )
     max_stop_sequences: int = knob(8, "most stop sequences per request")
+    prefix_cache_mb: int = knob(
+        256,
+        "memory per model version for the KV of recent prompts' prefixes, reused by prompts that start with the same "
+        "tokens (a chat template's system prompt, a template's instructions, a conversation so far); 0 disables it",
+    )
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
 
     def __post_init__(self) -> None:
@@ -55,4 +60,5 @@ class GeneratorConfig(ModelServerConfig):
         )
         require(self.max_waiting_requests >= 1, f"max_waiting_requests must be >= 1, got {self.max_waiting_requests}")
         require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
+        require(self.prefix_cache_mb >= 0, f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         require(self.intra_op_threads >= 0, f"intra_op_threads must be >= 0, got {self.intra_op_threads}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from services.core.runner import RunStop
 from services.generator.batch import DecodeBatch
 from services.generator.decoder import DecoderRunner
 from services.generator.policy import Decode, Prefill, Step
+from services.generator.prefix_cache import PrefixCache
 from services.generator.sequence import Sequence, TextDelta
 
 
@@ -28,12 +30,14 @@ class StepResult:
     duration_s: float = 0.0
     rows: int = 0  # sequences in the forward pass
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those whose KV came from the prefix cache
 
 
 class StepExecutor:
-    def __init__(self, decoder: DecoderRunner, pad_id: int) -> None:
+    def __init__(self, decoder: DecoderRunner, pad_id: int, prefix_cache: PrefixCache) -> None:
         self._decoder = decoder
         self._pad_id = pad_id
+        self.prefix_cache = prefix_cache
         self._batch: DecodeBatch | None = None
         self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
 
@@ -50,11 +54,15 @@ class StepExecutor:
 
     def _prefill(self, sequences: list[Sequence]) -> StepResult:
         started = time.perf_counter()
-        joining, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id)
+        hits = [self.prefix_cache.lookup(s.prompt_ids) for s in sequences]
+        joining, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits)
+        for row, sequence in enumerate(sequences):
+            self.prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
         self._joining.append(joining)
         duration = time.perf_counter() - started
         result = StepResult("prefill", _advance(sequences, logits), duration, len(sequences))
         result.prompt_tokens = sum(len(s.prompt_ids) for s in sequences)
+        result.cached_prompt_tokens = sum(hit.tokens for hit in hits if hit is not None)
         return result
 
     def _decode(self, step: Decode, stop: RunStop | None) -> StepResult:

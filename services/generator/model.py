@@ -21,6 +21,7 @@ from services.generator.batch import DecodeBatch
 from services.generator.chat import ChatTemplate
 from services.generator.decoder import DecoderRunner
 from services.generator.policy import SchedulerBudgets
+from services.generator.prefix_cache import PrefixCache
 from services.generator.sampling import SamplingParams
 from services.generator.scheduler import ContinuousScheduler
 from services.generator.sequence import Sequence, TextDelta
@@ -50,6 +51,7 @@ class GeneratorModel:
         max_input_tokens: int,
         prepare_pool: ThreadPoolExecutor,
         on_fatal: Callable[[str], None],
+        prefix_cache_bytes: int,
     ) -> None:
         manifest = version.manifest
         self.version = version
@@ -68,7 +70,9 @@ class GeneratorModel:
         self.decoder = DecoderRunner(runner, manifest)
         self._label = version.label
         self._prepare_pool = prepare_pool
-        self.scheduler = ContinuousScheduler(self.decoder, budgets, self.pad_id, version, on_fatal)
+        self.scheduler = ContinuousScheduler(
+            self.decoder, budgets, self.pad_id, version, on_fatal, PrefixCache(prefix_cache_bytes)
+        )
 
     def start_serving(self) -> None:
         self.scheduler.start()

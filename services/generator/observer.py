@@ -6,13 +6,14 @@ from __future__ import annotations
 from services.core import metrics
 from services.generator.executor import StepResult
 from services.generator.policy import SchedulingPolicy
+from services.generator.prefix_cache import PrefixCache
 from services.generator.sequence import Outcome, Sequence
 
 SERVICE = "generator"
 
 
 class SchedulerMetrics:
-    def __init__(self, policy: SchedulingPolicy, model_labels: tuple[str, str]) -> None:
+    def __init__(self, policy: SchedulingPolicy, prefix_cache: PrefixCache, model_labels: tuple[str, str]) -> None:
         self._labels = (SERVICE, *model_labels)
         self._max_running = policy.budgets.max_running_sequences
         labels = self._labels
@@ -20,10 +21,17 @@ class SchedulerMetrics:
         metrics.WAITING_SEQUENCES.labels(*labels).set_function(lambda: len(policy.waiting))
         metrics.QUEUE_DEPTH.labels(*labels).set_function(lambda: policy.queue_depth)
         metrics.QUEUE_CAPACITY.labels(*labels).set(policy.budgets.max_waiting_requests)
+        metrics.PREFIX_CACHE_BYTES.labels(*labels).set_function(lambda: prefix_cache.bytes_held)
 
     def close(self) -> None:
         """The scheduler stopped (its version is unloaded): drop the gauges that read its state."""
-        gauges = (metrics.RUNNING_SEQUENCES, metrics.WAITING_SEQUENCES, metrics.QUEUE_DEPTH, metrics.QUEUE_CAPACITY)
+        gauges = (
+            metrics.RUNNING_SEQUENCES,
+            metrics.WAITING_SEQUENCES,
+            metrics.QUEUE_DEPTH,
+            metrics.QUEUE_CAPACITY,
+            metrics.PREFIX_CACHE_BYTES,
+        )
         metrics.forget_version(self._labels, *gauges)
 
     def step(self, result: StepResult) -> None:
@@ -34,6 +42,8 @@ class SchedulerMetrics:
         metrics.GENERATED_TOKENS.labels(*labels).inc(result.rows)
         if result.phase == "prefill":
             metrics.PROMPT_TOKENS.labels(*labels).inc(result.prompt_tokens)
+            metrics.PREFIX_CACHE_TOKENS.labels(*labels, "hit").inc(result.cached_prompt_tokens)
+            metrics.PREFIX_CACHE_TOKENS.labels(*labels, "miss").inc(result.prompt_tokens - result.cached_prompt_tokens)
         else:
             metrics.BATCH_SIZE.labels(*labels).observe(result.rows)
             metrics.BATCH_OCCUPANCY.labels(*labels).observe(result.rows / self._max_running)

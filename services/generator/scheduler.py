@@ -26,6 +26,7 @@ from services.generator.decoder import DecoderRunner
 from services.generator.executor import StepExecutor, StepResult
 from services.generator.observer import SchedulerMetrics
 from services.generator.policy import Decode, Prefill, SchedulerBudgets, SchedulingPolicy, Step
+from services.generator.prefix_cache import PrefixCache
 from services.generator.sequence import Outcome, Sequence
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,11 @@ class ContinuousScheduler:
         pad_id: int,
         model: ModelVersion,
         on_fatal: Callable[[str], None],
+        prefix_cache: PrefixCache,
     ) -> None:
         self.policy = SchedulingPolicy(budgets)
-        self._executor = StepExecutor(decoder, pad_id)
-        self._metrics = SchedulerMetrics(self.policy, model.metric_labels)
+        self._executor = StepExecutor(decoder, pad_id, prefix_cache)
+        self._metrics = SchedulerMetrics(self.policy, prefix_cache, model.metric_labels)
         self._label = model_label = model.label
         self._decode_stop: RunStop | None = None  # set while a decode that a newcomer may stop is running
         self._wakeup = asyncio.Event()

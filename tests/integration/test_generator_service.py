@@ -108,6 +108,33 @@ async def test_a_sequence_decodes_the_same_while_others_join_and_leave(generator
         assert shared_after > shared_before, "the sequences never shared a decode step"
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+async def test_prompts_sharing_a_prefix_reuse_its_kv_and_decode_the_same(generator, architecture: str) -> None:
+    """Greedy output is identical with and without the prefix cache, for prompts that share a long prefix, alone
+    and prefilled together (rows with and without a cached prefix in one batch)."""
+    prompts = [f"{LONG_PROMPT} {question}" for question in PROMPTS]
+    hits = ("ecomserve_prefix_cache_tokens_total", {"model": architecture, "outcome": "hit"})
+
+    async def texts(stub: generator_pb2_grpc.GeneratorServiceStub) -> list[str]:
+        alone = [(await stub.Generate(request(architecture, p, max_new_tokens=12))).text for p in prompts]
+        together = await asyncio.gather(
+            *(stub.Generate(request(architecture, p, max_new_tokens=12)) for p in [*prompts, "hello there"])
+        )
+        return [*alone, *(r.text for r in together)]
+
+    async with generator(prefix_cache_mb=0) as app, generator_stub_for(app) as stub:
+        before = metric(hits[0], **hits[1])
+        without_cache = await texts(stub)
+        assert metric(hits[0], **hits[1]) == before
+    async with generator() as app, generator_stub_for(app) as stub:
+        with_cache = await texts(stub)
+        reused = metric(hits[0], **hits[1]) - before
+        held = metric("ecomserve_prefix_cache_bytes", model=architecture)
+    assert with_cache == without_cache
+    assert reused >= 2 * len(LONG_PROMPT.split()), "the shared prefix was not reused"
+    assert held > 0
+
+
 async def test_a_stopped_decode_leaves_the_batch_as_it_was(generator) -> None:
     """The scheduler stops a decode in progress for a newcomer's prefill; decoding again must give what the
     stopped step would have given."""
