@@ -1,17 +1,25 @@
 """Generator benchmark (JSON): continuous batching against one-at-a-time serving, in one run.
 
 On the generator the demo serves (its highest version), 16 concurrent streams of product-description and
-reply-draft requests (bench/workload/generation.txt), max_new_tokens 64, the same sampling everywhere:
-(a) this service; also one lone stream, for the TTFT reference;
+reply-draft requests (bench/workload/generation.txt, each message with its own ticket number so that requests share
+the chat template but not whole prompts), max_new_tokens 64, the same sampling everywhere:
+(a) this service; also one lone stream, for the TTFT reference, and both again with --prefix-cache-mb 0 (what
+    reusing the chat template's KV saves);
 (b) the same service with max_running_sequences=1;
 (c) a seed-style baseline: Hugging Face transformers `generate` in PyTorch, one request at a time.
 Targets: (a) >= 3x (b) and >= 5x (c) in tokens/s; TTFT p99 of (a) <= 3x the lone request's TTFT p50.
+
+`--peer-url http://HOST:PORT/v1/chat/completions` instead compares the generator with another server's
+OpenAI-compatible streaming endpoint (llama.cpp's llama-server, vLLM, TGI...) on the same workload and sampling:
+windows at 1 and 16 streams, alternating between the two, two passes; the medians and their ratios.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,35 +36,44 @@ MAX_NEW_TOKENS = 64
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 
 
-def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
+def load(address: str, name: str, concurrency: int, duration_s: float, rpc: str = "generate-stream") -> dict[str, Any]:
+    """One window of the workload: `concurrency` streams for `duration_s` after a warm-up."""
+    print(f"[bench] {address}: {concurrency} stream(s) for {duration_s:.0f} s", file=sys.stderr, flush=True)
+    options = LoadOptions(
+        target=address,
+        rpc=rpc,
+        model=name,
+        concurrency=concurrency,
+        duration_s=duration_s,
+        warmup_s=8.0,
+        ramp_up_s=6.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        timeout_s=300.0,
+        temperature=SAMPLING["temperature"],
+        top_p=SAMPLING["top_p"],
+        repetition_penalty=SAMPLING["repetition_penalty"],
+        unique_prompts=True,
+    )
+    return asyncio.run(run_load(options))
+
+
+def run(models: Path, name: str, seconds: float, peer_url: str | None = None) -> dict[str, Any]:
+    if peer_url:
+        return against_peer(models, name, seconds, peer_url)
     version, _, manifest = highest_version(models, name)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
-    def load(address: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-        print(f"[bench] {concurrency} stream(s) for {duration_s:.0f} s", file=sys.stderr, flush=True)
-        options = LoadOptions(
-            target=address,
-            rpc="generate-stream",
-            model=name,
-            concurrency=concurrency,
-            duration_s=duration_s,
-            warmup_s=8.0,
-            ramp_up_s=6.0,
-            max_new_tokens=MAX_NEW_TOKENS,
-            timeout_s=300.0,
-            temperature=SAMPLING["temperature"],
-            top_p=SAMPLING["top_p"],
-            repetition_penalty=SAMPLING["repetition_penalty"],
-        )
-        return asyncio.run(run_load(options))
-
     print(f"[bench] (a) {name} v{version}, continuous batching", file=sys.stderr, flush=True)
     with service("services.generator", *flags) as address:
-        lone = load(address, 1, max(10.0, seconds / 2))
-        batched = load(address, STREAMS, seconds)
+        lone = load(address, name, 1, max(10.0, seconds / 2))
+        batched = load(address, name, STREAMS, seconds)
+    print("[bench] (a) without the prefix cache", file=sys.stderr, flush=True)
+    with service("services.generator", *flags, "--prefix-cache-mb", "0") as address:
+        lone_uncached = load(address, name, 1, max(10.0, seconds / 2))
+        batched_uncached = load(address, name, STREAMS, seconds)
     print("[bench] (b) max_running_sequences=1", file=sys.stderr, flush=True)
     with service("services.generator", *flags, "--max-running-sequences", "1") as address:
-        one_at_a_time = load(address, STREAMS, seconds)
+        one_at_a_time = load(address, name, STREAMS, seconds)
     print("[bench] (c) transformers generate in PyTorch, one request at a time", file=sys.stderr, flush=True)
     baseline = pytorch_baseline(manifest, seconds)
 
@@ -69,6 +86,12 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
         "sampling": SAMPLING,
         "a_continuous_batching": _brief(batched),
         "a_lone_request": _brief(lone),
+        "a_without_prefix_cache": _brief(batched_uncached),
+        "a_lone_request_without_prefix_cache": _brief(lone_uncached),
+        "prefix_cache_ttft_p50_ratio": {
+            "lone": _ratio(lone_uncached["ttft_ms"]["p50"], lone["ttft_ms"]["p50"]),
+            f"{STREAMS}_streams": _ratio(batched_uncached["ttft_ms"]["p50"], batched["ttft_ms"]["p50"]),
+        },
         "b_max_running_sequences_1": _brief(one_at_a_time),
         "c_pytorch_generate_one_at_a_time": baseline,
         "targets": {
@@ -77,6 +100,54 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
             "a_ttft_p99_vs_lone_ttft_p50": check(batched["ttft_ms"]["p99"] / lone["ttft_ms"]["p50"], "<=", 3.0),
         },
     }
+
+
+def against_peer(models: Path, name: str, seconds: float, peer_url: str) -> dict[str, Any]:
+    """The generator's GenerateStream against a peer's streaming chat completions, window by window."""
+    version, _, manifest = highest_version(models, name)
+    peer = peer_url.removesuffix("/").removesuffix("/v1/chat/completions")
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
+    windows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with service("services.generator", *flags) as address:
+        for _ in range(2):
+            for streams in (1, STREAMS):
+                pair = windows.setdefault(str(streams), {"ecomserve": [], "peer": []})
+                pair["ecomserve"].append(_brief(load(address, name, streams, seconds)))
+                pair["peer"].append(_brief(load(peer, name, streams, seconds, rpc="chat-completions")))
+    report: dict[str, Any] = {"model": f"{name}/{version}", "quantization": manifest.quantization.get("method")}
+    report.update({"peer": peer, "max_new_tokens": MAX_NEW_TOKENS, "sampling": SAMPLING, "windows": windows})
+    medians = {streams: {side: _medians(runs) for side, runs in pair.items()} for streams, pair in windows.items()}
+    report["medians"] = medians
+    one, many = medians["1"], medians[str(STREAMS)]
+    report["targets"] = {
+        "tokens_per_s_1_stream_vs_peer": check(
+            one["ecomserve"]["tokens_per_s"] / one["peer"]["tokens_per_s"], ">=", 1.0
+        ),
+        f"tokens_per_s_{STREAMS}_streams_vs_peer": check(
+            many["ecomserve"]["tokens_per_s"] / many["peer"]["tokens_per_s"], ">=", 1.5
+        ),
+        "ttft_p50_1_stream_vs_peer": check(one["ecomserve"]["ttft_p50_ms"] / one["peer"]["ttft_p50_ms"], "<=", 1.0),
+        f"ttft_p50_{STREAMS}_streams_vs_peer": check(
+            many["ecomserve"]["ttft_p50_ms"] / many["peer"]["ttft_p50_ms"], "<=", 1.0
+        ),
+        f"ttft_p99_{STREAMS}_streams_vs_peer": check(
+            many["ecomserve"]["ttft_p99_ms"] / many["peer"]["ttft_p99_ms"], "<=", 1.5
+        ),
+    }
+    return report
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+        "ttft_p50_ms": statistics.median(r["ttft_ms"]["p50"] for r in runs),
+        "ttft_p99_ms": statistics.median(r["ttft_ms"]["p99"] for r in runs),
+    }
+
+
+def _ratio(without: float, with_cache: float) -> float:
+    """How many times longer the first token took without the prefix cache."""
+    return round(without / with_cache, 2) if with_cache else 0.0
 
 
 def _brief(report: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         name=DEFAULT_GENERATOR_MODEL,
         name_help="generator to benchmark (its highest version)",
         seconds=30.0,
+        add_arguments=_peer_argument,
+    )
+
+
+def _peer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--peer-url",
+        help="compare with this OpenAI-compatible streaming endpoint instead, e.g. "
+        "http://127.0.0.1:8080/v1/chat/completions (llama.cpp's llama-server on the same GGUF)",
     )
 
 

@@ -101,6 +101,7 @@ class LoadOptions:
     api_key: str = ""
     variants: int = 3
     tls: Tls | None = None
+    unique_prompts: bool = False  # generation: every message starts with its own ticket number
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def _generate_stream_call(channel: grpc.aio.Channel, options: LoadOptions, rng: 
     async def call() -> None:
         request = generator_pb2.GenerateRequest(
             model=options.model,
-            messages=[generator_pb2.ChatMessage(role="user", content=rng.choice(prompts))],
+            messages=[generator_pb2.ChatMessage(role="user", content=_generation_message(prompts, rng, options))],
             sampling=generator_pb2.SamplingParameters(
                 max_new_tokens=options.max_new_tokens,
                 temperature=options.temperature,
@@ -353,6 +354,14 @@ def _completion_tokens(message: Any) -> int:
     return int(message.usage.completion_tokens) if message.HasField("usage") else 0
 
 
+def _generation_message(prompts: list[str], rng: random.Random, options: LoadOptions) -> str:
+    """A workload prompt; with unique_prompts it starts with a random ticket number, so that requests share the
+    chat template's tokens but not whole prompts (as different customers' requests do), and a prefix cache gets
+    no more credit than it would in production."""
+    prompt = rng.choice(prompts)
+    return f"Ticket {rng.randrange(10**6):06d}. {prompt}" if options.unique_prompts else prompt
+
+
 def _chat_completions_call(
     session: aiohttp.ClientSession, options: LoadOptions, rng: random.Random, tally: _Tally
 ) -> Call:
@@ -364,7 +373,7 @@ def _chat_completions_call(
     async def call() -> None:
         body = {
             "model": options.model,
-            "messages": [{"role": "user", "content": rng.choice(prompts)}],
+            "messages": [{"role": "user", "content": _generation_message(prompts, rng, options)}],
             "max_tokens": options.max_new_tokens,
             "temperature": options.temperature,
             "top_p": options.top_p,
@@ -545,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the load's choices and of the sampling seeds")
     parser.add_argument("--variants", type=int, default=3, help="write-marketing-copy: variants per call")
+    parser.add_argument(
+        "--unique-prompts",
+        action="store_true",
+        help="generate-stream, chat-completions: start every message with a random ticket number, so requests share "
+        "the chat template but not whole prompts (a prefix cache gets no credit for repeated workload lines)",
+    )
     parser.add_argument("--tls-ca-file", type=Path, help="connect over TLS, trusting this CA")
     parser.add_argument("--tls-cert-file", type=Path, help="with --tls-ca-file: client certificate (mutual TLS)")
     parser.add_argument("--tls-key-file", type=Path, help="with --tls-cert-file: its private key")
@@ -577,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 api_key=args.api_key,
                 variants=args.variants,
+                unique_prompts=args.unique_prompts,
                 tls=Tls(args.tls_ca_file, args.tls_cert_file, args.tls_key_file) if args.tls_ca_file else None,
             )
         )

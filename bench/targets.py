@@ -18,7 +18,7 @@ def check(value: float, op: str, bound: float) -> dict[str, Any]:
 
 
 def benchmark_main(
-    run: Callable[[Path, str, float], dict[str, Any]],
+    run: Callable[..., dict[str, Any]],
     argv: list[str] | None,
     *,
     prog: str,
@@ -26,14 +26,19 @@ def benchmark_main(
     name: str,
     name_help: str,
     seconds: float,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> int:
-    """Parse `--models --name --seconds`, run the benchmark and print its report as JSON."""
+    """Parse `--models --name --seconds` (and the benchmark's own options, passed to `run` by keyword), run the
+    benchmark and print its report as JSON."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--seconds", type=float, default=seconds, help="measured seconds per load point")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.models, args.name, args.seconds), indent=2))
+    if add_arguments is not None:
+        add_arguments(parser)
+    options = vars(parser.parse_args(argv))
+    models, name, seconds = options.pop("models"), options.pop("name"), options.pop("seconds")
+    print(json.dumps(run(models, name, seconds, **options), indent=2))
     return 0
 
 
