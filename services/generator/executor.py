@@ -37,7 +37,7 @@ class StepExecutor:
     def __init__(self, decoder: DecoderRunner, pad_id: int, prefix_cache: PrefixCache) -> None:
         self._decoder = decoder
         self._pad_id = pad_id
-        self.prefix_cache = prefix_cache
+        self._prefix_cache = prefix_cache
         self._batch: DecodeBatch | None = None
         self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
 
@@ -54,10 +54,10 @@ class StepExecutor:
 
     def _prefill(self, sequences: list[Sequence]) -> StepResult:
         started = time.perf_counter()
-        hits = [self.prefix_cache.lookup(s.prompt_ids) for s in sequences]
+        hits = [self._prefix_cache.lookup(s.prompt_ids) for s in sequences]
         joining, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits)
         for row, sequence in enumerate(sequences):
-            self.prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
+            self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
         self._joining.append(joining)
         duration = time.perf_counter() - started
         result = StepResult("prefill", _advance(sequences, logits), duration, len(sequences))
