@@ -29,7 +29,7 @@ from bench.load import LoadOptions, latency_summary_ms, run_load, workload
 from bench.targets import benchmark_main, check, highest_version
 from services.core.manifest import Manifest
 from services.core.wire import DEFAULT_GENERATOR_MODEL
-from services.dev.launcher import service
+from services.dev.launcher import free_port, service
 
 STREAMS = 16
 MAX_NEW_TOKENS = 64
@@ -64,9 +64,11 @@ def run(models: Path, name: str, seconds: float, peer_url: str | None = None) ->
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
     print(f"[bench] (a) {name} v{version}, continuous batching", file=sys.stderr, flush=True)
-    with service("services.generator", *flags) as address:
+    metrics_port = free_port()
+    with service("services.generator", *flags, "--metrics-port", str(metrics_port)) as address:
         lone = load(address, name, 1, max(10.0, seconds / 2))
         batched = load(address, name, STREAMS, seconds)
+        hit_rate = prefix_cache_hit_rate(metrics_port)
     print("[bench] (a) without the prefix cache", file=sys.stderr, flush=True)
     with service("services.generator", *flags, "--prefix-cache-mb", "0") as address:
         lone_uncached = load(address, name, 1, max(10.0, seconds / 2))
@@ -88,6 +90,7 @@ def run(models: Path, name: str, seconds: float, peer_url: str | None = None) ->
         "a_lone_request": _brief(lone),
         "a_without_prefix_cache": _brief(batched_uncached),
         "a_lone_request_without_prefix_cache": _brief(lone_uncached),
+        "prefix_cache_hit_rate": hit_rate,
         "prefix_cache_ttft_p50_ratio": {
             "lone": _ratio(lone_uncached["ttft_ms"]["p50"], lone["ttft_ms"]["p50"]),
             f"{STREAMS}_streams": _ratio(batched_uncached["ttft_ms"]["p50"], batched["ttft_ms"]["p50"]),
@@ -108,13 +111,16 @@ def against_peer(models: Path, name: str, seconds: float, peer_url: str) -> dict
     peer = peer_url.removesuffix("/").removesuffix("/v1/chat/completions")
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
     windows: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    with service("services.generator", *flags) as address:
+    metrics_port = free_port()
+    with service("services.generator", *flags, "--metrics-port", str(metrics_port)) as address:
         for _ in range(2):
             for streams in (1, STREAMS):
                 pair = windows.setdefault(str(streams), {"ecomserve": [], "peer": []})
                 pair["ecomserve"].append(_brief(load(address, name, streams, seconds)))
                 pair["peer"].append(_brief(load(peer, name, streams, seconds, rpc="chat-completions")))
+        hit_rate = prefix_cache_hit_rate(metrics_port)
     report: dict[str, Any] = {"model": f"{name}/{version}", "quantization": manifest.quantization.get("method")}
+    report["prefix_cache_hit_rate"] = hit_rate
     report.update({"peer": peer, "max_new_tokens": MAX_NEW_TOKENS, "sampling": SAMPLING, "windows": windows})
     medians = {streams: {side: _medians(runs) for side, runs in pair.items()} for streams, pair in windows.items()}
     report["medians"] = medians
@@ -135,6 +141,23 @@ def against_peer(models: Path, name: str, seconds: float, peer_url: str) -> dict
         ),
     }
     return report
+
+
+def prefix_cache_hit_rate(metrics_port: int) -> float:
+    """Share of the prompt tokens prefilled so far whose KV came from the generator's prefix cache."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    tokens = {"hit": 0.0, "miss": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name == "ecomserve_prefix_cache_tokens":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    tokens[sample.labels["outcome"]] += sample.value
+    total = tokens["hit"] + tokens["miss"]
+    return round(tokens["hit"] / total, 3) if total else 0.0
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
