@@ -377,6 +377,9 @@ def _chat_completions_call(
             "max_tokens": options.max_new_tokens,
             "temperature": options.temperature,
             "top_p": options.top_p,
+            # vLLM's, TGI's and ecomserve's name, and llama.cpp's: each server reads one of them.
+            "repetition_penalty": options.repetition_penalty,
+            "repeat_penalty": options.repetition_penalty,
             "seed": rng.getrandbits(31),
             "stream": True,
             "stream_options": {"include_usage": True},

@@ -85,7 +85,9 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
 }
 # Fields read by the translation below, and fields that change nothing here (`user` identifies the end user).
 SAMPLING_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop")
-_READ = {"model", "stream", "stream_options", "user", *SAMPLING_FIELDS}
+# Not OpenAI's, but what vLLM and TGI (repetition_penalty) and llama.cpp (repeat_penalty) clients send; 1 is off.
+REPETITION_PENALTY_FIELDS = ("repetition_penalty", "repeat_penalty")
+_READ = {"model", "stream", "stream_options", "user", *SAMPLING_FIELDS, *REPETITION_PENALTY_FIELDS}
 
 
 def chat_generation(body: Any) -> Generation:
@@ -199,7 +201,7 @@ def _chat_message(index: int, message: Any) -> generator_pb2.ChatMessage:
 
 def sampling_parameters(fields: Mapping[str, Any]) -> generator_pb2.SamplingParameters:
     """The sampling fields OpenAI's requests (and Triton's generate extension) share, checked: max_tokens
-    (or max_completion_tokens), temperature, top_p, seed, stop."""
+    (or max_completion_tokens), temperature, top_p, seed, stop, and the repetition penalty under either name."""
     sampling = generator_pb2.SamplingParameters()
     max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
     if max_tokens is not None:
@@ -209,6 +211,11 @@ def sampling_parameters(fields: Mapping[str, Any]) -> generator_pb2.SamplingPara
         if name in fields:
             _refuse_if(not _is_number(fields[name]), name, "must be a number")
             setattr(sampling, name, fields[name])
+    for name in REPETITION_PENALTY_FIELDS:
+        if name in fields:
+            _refuse_if(not _is_number(fields[name]) or fields[name] <= 0, name, "must be a number > 0 (1 = off)")
+            sampling.repetition_penalty = fields[name]
+            break
     if "seed" in fields:
         _refuse_if(not _is_int(fields["seed"]), "seed", "must be an integer")
         sampling.seed = fields["seed"] % 2**64

@@ -74,6 +74,34 @@ def test_chat_completion_is_the_generators_answer_and_streams_the_same_text(stac
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == alone.usage.completion_tokens
 
 
+def test_the_repetition_penalty_of_vllm_and_llama_cpp_clients_is_honoured(stack: Stack, client) -> None:
+    penalised = direct(
+        stack,
+        generator_pb2.GenerateRequest(
+            model=GENERATOR_MODEL,
+            messages=[
+                generator_pb2.ChatMessage(role="system", content="You write short replies."),
+                generator_pb2.ChatMessage(role="user", content="Where is my order?"),
+            ],
+            sampling=generator_pb2.SamplingParameters(
+                max_new_tokens=12, temperature=0.0, seed=7, repetition_penalty=3.0
+            ),
+        ),
+    )
+    plain = client.chat.completions.create(model=GENERATOR_MODEL, messages=MESSAGES, **SAMPLING)
+    assert plain.choices[0].message.content != penalised.text, "the penalty must change this answer"
+    for name in ("repetition_penalty", "repeat_penalty"):
+        completion = client.chat.completions.create(
+            model=GENERATOR_MODEL, messages=MESSAGES, extra_body={name: 3.0}, **SAMPLING
+        )
+        assert completion.choices[0].message.content == penalised.text, name
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=GENERATOR_MODEL, messages=MESSAGES, extra_body={"repetition_penalty": 0}, **SAMPLING
+        )
+    assert refused.value.param == "repetition_penalty"
+
+
 def test_completions_with_a_prompt(client: openai.OpenAI) -> None:
     completion = client.completions.create(model=GENERATOR_MODEL, prompt="Product: wool socks.", **SAMPLING)
     assert completion.object == "text_completion" and completion.choices[0].text
