@@ -185,7 +185,11 @@ def _connect(options: LoadOptions) -> Any:
     if options.rpc == "chat-completions":
         headers = {"authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         ssl_context = options.tls.ssl_context() if options.tls else None
-        connector = aiohttp.TCPConnector(limit=MAX_OUTSTANDING, ssl=ssl_context if ssl_context else True)
+        # A connection per request: llama.cpp's server drops a kept-alive connection after a streamed answer, and a
+        # pooled connection only finds out when its next request fails.
+        connector = aiohttp.TCPConnector(
+            limit=MAX_OUTSTANDING, ssl=ssl_context if ssl_context else True, force_close=True
+        )
         return aiohttp.ClientSession(headers=headers, connector=connector)
     if options.tls:
         return grpc.aio.secure_channel(options.target, options.tls.grpc_credentials())
