@@ -353,7 +353,7 @@ def _publish(
         fp32_path.rename(model_path)
         return {"method": "none", "decode_step_ms": decode_step_ms(model_path, greedy.layers)}
     done = QUANTIZERS[method](fp32_path, model_path)
-    quantization = {"method": done, **_agreement(model_path, greedy, tokenizer)}
+    quantization = {"method": done, **_agreement_and_speed(model_path, greedy, tokenizer)}
     fp32_path.unlink()
     return quantization
 
@@ -373,7 +373,7 @@ def _publish_transcoded(
         "method": f"gguf-blocks-matmulnbits-{compute}",
         **details,
         "logits_max_abs_diff_vs_pytorch": logits_diff,
-        **_agreement(model_path, greedy, steps.tokenizer),
+        **_agreement_and_speed(model_path, greedy, steps.tokenizer),
     }
     if compute == "fp32" and not (logits_diff <= FP32_LOGITS_TOLERANCE and quantization["token_agreement"] == 1.0):
         raise ExportError(
@@ -385,7 +385,7 @@ def _publish_transcoded(
     return quantization
 
 
-def _agreement(model_path: Path, greedy: _GreedyReference, tokenizer: Any) -> dict[str, Any]:
+def _agreement_and_speed(model_path: Path, greedy: _GreedyReference, tokenizer: Any) -> dict[str, Any]:
     """Greedy tokens of a quantized graph against the fp32 graph's, its samples, and its decode step time."""
     with step("greedy-token agreement of the quantized model with fp32"):
         quantized_tokens = greedy.tokens_of(model_path)
