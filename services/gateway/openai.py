@@ -287,11 +287,12 @@ class Answer:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
 
-def usage(tokens: generator_pb2.Usage) -> dict[str, int]:
+def usage(tokens: generator_pb2.Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": tokens.prompt_tokens,
         "completion_tokens": tokens.completion_tokens,
         "total_tokens": tokens.prompt_tokens + tokens.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": tokens.cached_prompt_tokens},
     }
 
 

@@ -55,6 +55,8 @@ class StepExecutor:
     def _prefill(self, sequences: list[Sequence]) -> StepResult:
         started = time.perf_counter()
         hits = [self._prefix_cache.lookup(s.prompt_ids) for s in sequences]
+        for sequence, hit in zip(sequences, hits, strict=True):
+            sequence.cached_prompt_tokens = hit.tokens if hit else 0
         joining, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits)
         for row, sequence in enumerate(sequences):
             self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
@@ -62,7 +64,7 @@ class StepExecutor:
         duration = time.perf_counter() - started
         result = StepResult("prefill", _advance(sequences, logits), duration, len(sequences))
         result.prompt_tokens = sum(len(s.prompt_ids) for s in sequences)
-        result.cached_prompt_tokens = sum(hit.tokens for hit in hits if hit is not None)
+        result.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in sequences)
         return result
 
     def _decode(self, step: Decode, stop: RunStop | None) -> StepResult:

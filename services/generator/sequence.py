@@ -67,6 +67,7 @@ class Sequence:
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.generated = 0
+        self.cached_prompt_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.last_token = prompt_ids[-1]
         self.finish: FinishReason | None = None
         self.ended: Outcome | None = None

@@ -155,7 +155,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
 def _usage(sequence: Sequence) -> generator_pb2.Usage:
     add_tokens(len(sequence.prompt_ids), sequence.generated)  # on the call's access line
-    return generator_pb2.Usage(prompt_tokens=len(sequence.prompt_ids), completion_tokens=sequence.generated)
+    return generator_pb2.Usage(
+        prompt_tokens=len(sequence.prompt_ids),
+        completion_tokens=sequence.generated,
+        cached_prompt_tokens=sequence.cached_prompt_tokens,
+    )
 
 
 def _ttft_ms(sequence: Sequence) -> float:

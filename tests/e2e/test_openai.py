@@ -72,6 +72,9 @@ def test_chat_completion_is_the_generators_answer_and_streams_the_same_text(stac
         choice.finish_reason
     ]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == alone.usage.completion_tokens
+    # The same messages again: their prompt came from the generator's prefix cache, all but its last token or so.
+    cached = chunks[-1].usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < chunks[-1].usage.prompt_tokens
 
 
 def test_the_repetition_penalty_of_vllm_and_llama_cpp_clients_is_honoured(stack: Stack, client) -> None:

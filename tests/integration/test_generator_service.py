@@ -115,23 +115,29 @@ async def test_prompts_sharing_a_prefix_reuse_its_kv_and_decode_the_same(generat
     prompts = [f"{LONG_PROMPT} {question}" for question in PROMPTS]
     hits = ("ecomserve_prefix_cache_tokens_total", {"model": architecture, "outcome": "hit"})
 
+    cached: list[int] = []
+
     async def texts(stub: generator_pb2_grpc.GeneratorServiceStub) -> list[str]:
-        alone = [(await stub.Generate(request(architecture, p, max_new_tokens=12))).text for p in prompts]
+        alone = [await stub.Generate(request(architecture, p, max_new_tokens=12)) for p in prompts]
+        cached.extend(r.usage.cached_prompt_tokens for r in alone)
         together = await asyncio.gather(
             *(stub.Generate(request(architecture, p, max_new_tokens=12)) for p in [*prompts, "hello there"])
         )
-        return [*alone, *(r.text for r in together)]
+        return [r.text for r in [*alone, *together]]
 
     async with generator(prefix_cache_mb=0) as app, generator_stub_for(app) as stub:
         before = metric(hits[0], **hits[1])
         without_cache = await texts(stub)
         assert metric(hits[0], **hits[1]) == before
+        assert cached == [0, 0, 0]
+        cached.clear()
     async with generator() as app, generator_stub_for(app) as stub:
         with_cache = await texts(stub)
         reused = metric(hits[0], **hits[1]) - before
         held = metric("ecomserve_prefix_cache_bytes", model=architecture)
     assert with_cache == without_cache
     assert reused >= 2 * len(LONG_PROMPT.split()), "the shared prefix was not reused"
+    assert cached[0] == 0 and cached[1] > 0 and cached[2] > 0, "usage reports the prompt tokens taken from the cache"
     assert held > 0
 
 
