@@ -60,8 +60,11 @@ def folder_fingerprint(folder: Path) -> Fingerprint:
     return tuple(entries)
 
 
-def discover(root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = ()) -> list[ModelVersion]:
-    """Every version of every model of one of `tasks` under root (only `names` when given; each must exist)."""
+def discover(
+    root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = (), max_versions: int = 0
+) -> list[ModelVersion]:
+    """Every version of every model of one of `tasks` under root (only `names` when given; each must exist), or
+    each model's `max_versions` highest ones."""
     if not root.is_dir():
         raise ModelFailure(f"model repository {root} does not exist; run `python -m export defaults --out {root}`")
     candidates = names or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
@@ -76,7 +79,7 @@ def discover(root: Path, tasks: tuple[str, ...], names: tuple[str, ...] = ()) ->
         ]
         if names and not matching:
             raise ModelFailure(f"model {name!r} has no {kinds} version under {root}")
-        found.extend(matching)
+        found.extend(matching[-max_versions:] if max_versions else matching)
     if not found:
         raise ModelFailure(f"no {kinds} models under {root}")
     return found

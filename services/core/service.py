@@ -66,6 +66,11 @@ class ModelServerConfig:
         "seconds between looks at the model repository for new and removed versions, which are loaded and unloaded "
         "while serving (0: only on SIGHUP)",
     )
+    max_versions: int = knob(
+        0,
+        "serve only the N highest versions of each model (0: every version); a new version past N retires the "
+        "oldest once it serves, as Triton's `latest` version policy",
+    )
     log_level: str = log_level_knob()
     log_format: str = log_format_knob()
 
@@ -74,6 +79,7 @@ class ModelServerConfig:
         require_tls_knobs(self)
         require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
         require(self.repository_poll_s >= 0, f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
+        require(self.max_versions >= 0, f"max_versions must be >= 0, got {self.max_versions}")
 
     @property
     def address(self) -> str:
@@ -151,7 +157,7 @@ class ModelService(Generic[M]):
         self._follower = asyncio.create_task(self._follow_repository(), name=f"{self.service}-repository")
 
     def _discover(self) -> list[ModelVersion]:
-        return discover(Path(self.config.models), self.tasks, self.config.model_names)
+        return discover(Path(self.config.models), self.tasks, self.config.model_names, self.config.max_versions)
 
     async def _load_version(self, version: ModelVersion) -> None:
         key = (version.name, version.version)

@@ -295,3 +295,27 @@ async def test_an_unloaded_version_frees_its_model_and_drops_its_series(model_re
         assert freed() is None
         assert REGISTRY.get_sample_value("ecomserve_queue_depth", old_series) is None
         assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS[:1]))).version == 2
+
+
+async def test_max_versions_serves_the_newest_and_a_new_version_retires_the_oldest(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    for version in ("1", "2"):
+        shutil.copytree(model_repo / "intent" / version, repository / "intent" / version)
+    async with (
+        running_classifier(repository, model_names=("intent",), max_versions=1, repository_poll_s=0.05) as app,
+        stub_for(app) as stub,
+    ):
+        listed = await stub.ListModels(pb.ListModelsRequest())
+        assert [(m.name, m.version) for m in listed.models] == [("intent", 2)]
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.Classify(pb.ClassifyRequest(model="intent", version=1, texts=TEXTS[:1]))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        shutil.copytree(model_repo / "intent" / "1", repository / "intent" / "3")
+        for _ in range(600):  # until v3 serves and v2 is gone, at most 30 s
+            if app.registry.loaded() == {("intent", 3)} and not app.registry.states:
+                break
+            await asyncio.sleep(0.05)
+        assert app.registry.loaded() == {("intent", 3)}
+        assert (await stub.Classify(pb.ClassifyRequest(model="intent", texts=TEXTS[:1]))).version == 3
