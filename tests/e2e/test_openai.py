@@ -29,7 +29,16 @@ def client(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.gateway.http}/v1", api_key=API_KEY, max_retries=0)
 
 
-def direct(stack: Stack, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
+def direct(stack: Stack, **sampling: float) -> generator_pb2.GenerateResponse:
+    """The gRPC twin of MESSAGES with SAMPLING (and `sampling`), straight to the generator."""
+    request = generator_pb2.GenerateRequest(
+        model=GENERATOR_MODEL,
+        messages=[
+            generator_pb2.ChatMessage(role="system", content="You write short replies."),
+            generator_pb2.ChatMessage(role="user", content="Where is my order?"),
+        ],
+        sampling=generator_pb2.SamplingParameters(max_new_tokens=12, temperature=0.0, seed=7, **sampling),
+    )
     with grpc.insecure_channel(stack.generator.address) as channel:
         return generator_pb2_grpc.GeneratorServiceStub(channel).Generate(request, timeout=60)
 
@@ -46,17 +55,7 @@ def test_chat_completion_is_the_generators_answer_and_streams_the_same_text(stac
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
     choice = completion.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
-    alone = direct(
-        stack,
-        generator_pb2.GenerateRequest(
-            model=GENERATOR_MODEL,
-            messages=[
-                generator_pb2.ChatMessage(role="system", content="You write short replies."),
-                generator_pb2.ChatMessage(role="user", content="Where is my order?"),
-            ],
-            sampling=generator_pb2.SamplingParameters(max_new_tokens=12, temperature=0.0, seed=7),
-        ),
-    )
+    alone = direct(stack)
     assert choice.message.content == alone.text
     assert completion.usage.completion_tokens == alone.usage.completion_tokens
     assert completion.usage.total_tokens == alone.usage.prompt_tokens + alone.usage.completion_tokens
@@ -78,19 +77,7 @@ def test_chat_completion_is_the_generators_answer_and_streams_the_same_text(stac
 
 
 def test_the_repetition_penalty_of_vllm_and_llama_cpp_clients_is_honoured(stack: Stack, client) -> None:
-    penalised = direct(
-        stack,
-        generator_pb2.GenerateRequest(
-            model=GENERATOR_MODEL,
-            messages=[
-                generator_pb2.ChatMessage(role="system", content="You write short replies."),
-                generator_pb2.ChatMessage(role="user", content="Where is my order?"),
-            ],
-            sampling=generator_pb2.SamplingParameters(
-                max_new_tokens=12, temperature=0.0, seed=7, repetition_penalty=3.0
-            ),
-        ),
-    )
+    penalised = direct(stack, repetition_penalty=3.0)
     plain = client.chat.completions.create(model=GENERATOR_MODEL, messages=MESSAGES, **SAMPLING)
     assert plain.choices[0].message.content != penalised.text, "the penalty must change this answer"
     for name in ("repetition_penalty", "repeat_penalty"):
