@@ -78,7 +78,12 @@ class StepExecutor:
         started = time.perf_counter()
         logits = batch.decode(self._decoder, stop)
         duration = time.perf_counter() - started
-        return StepResult("decode", _advance(batch.sequences, logits), duration, len(batch.sequences))
+        deltas = _advance(batch.sequences, logits)
+        # A finished conversation turn's KV (its prompt and its answer) is the start of the next turn's prompt.
+        for row, sequence in enumerate(batch.sequences):
+            if sequence.finish is not None:
+                self._prefix_cache.store(sequence.computed_ids, partial(batch.row_past, row))
+        return StepResult("decode", deltas, duration, len(batch.sequences))
 
 
 def _advance(sequences: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, TextDelta]]:

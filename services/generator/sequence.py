@@ -66,8 +66,8 @@ class Sequence:
         self.admitted_at: float | None = None  # when its prefill was scheduled
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
-        self.generated = 0
         self.cached_prompt_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self.output_ids: list[int] = []
         self.last_token = prompt_ids[-1]
         self.finish: FinishReason | None = None
         self.ended: Outcome | None = None
@@ -95,7 +95,7 @@ class Sequence:
         """Choose the next token from this sequence's logits row; the delta to publish, if any."""
         token = self._sampler.choose(logits)
         now = time.perf_counter()
-        self.generated += 1
+        self.output_ids.append(token)
         self.last_token = token
         if self.first_token_at is None:
             self.first_token_at = now
@@ -111,6 +111,15 @@ class Sequence:
             self.finished_at = now
         delta = self._text.take(final=self.finish is not None)
         return TextDelta(delta, self.finish) if delta or self.finish else None
+
+    @property
+    def generated(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def computed_ids(self) -> list[int]:
+        """The tokens whose KV its batch row holds: the prompt and every generated token but the newest."""
+        return self.prompt_ids + self.output_ids[:-1]
 
     @property
     def text(self) -> str:

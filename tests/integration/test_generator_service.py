@@ -16,7 +16,10 @@ from prometheus_client import REGISTRY
 
 from services.core.runner import RunStop, RunStopped
 from services.generator.batch import DecodeBatch
+from services.generator.executor import StepExecutor
 from services.generator.model import Prompt
+from services.generator.policy import Decode, Prefill
+from services.generator.prefix_cache import BLOCK_TOKENS, PrefixCache
 from services.generator.sampling import SamplingParams
 from services.generator.sequence import Sequence
 from tests.integration.conftest import generator_stub_for
@@ -139,6 +142,37 @@ async def test_prompts_sharing_a_prefix_reuse_its_kv_and_decode_the_same(generat
     assert reused >= 2 * len(LONG_PROMPT.split()), "the shared prefix was not reused"
     assert cached[0] == 0 and cached[1] > 0 and cached[2] > 0, "usage reports the prompt tokens taken from the cache"
     assert held > 0
+
+
+async def test_a_finished_turns_prompt_and_answer_are_cached_for_the_next_turn(generator) -> None:
+    """A conversation's next prompt starts with the last prompt and its answer: the cache holds both once the turn
+    finishes, and the next turn decodes as it would without it. (Token ids, not text: the tiny model's answers are
+    bytes that do not survive a round trip through text.)"""
+    async with generator() as app:
+        _, model = app.registry.get("llama")
+
+        def run(executor: StepExecutor, prompt: list[int]) -> Sequence:
+            sequence = Sequence(
+                prompt,
+                SamplingParams(max_new_tokens=9),
+                model.tokenizer,
+                model.eos_ids,
+                model.vocab_size,
+                model.max_sequence_length,
+            )
+            executor.run(Prefill([sequence]))
+            while sequence.finish is None:
+                executor.run(Decode([sequence], stoppable=False))
+            return sequence
+
+        cached = StepExecutor(model.decoder, model.pad_id, PrefixCache(64 << 20))
+        first = run(cached, model.encode(Prompt(text=PROMPTS[0])))
+        next_prompt = [*first.prompt_ids, *first.output_ids, *model.encode(Prompt(text=PROMPTS[1]))]
+        second = run(cached, next_prompt)
+        alone = run(StepExecutor(model.decoder, model.pad_id, PrefixCache(0)), next_prompt)
+    assert second.cached_prompt_tokens > len(first.computed_ids) - BLOCK_TOKENS
+    assert second.cached_prompt_tokens > len(first.prompt_ids), "the answer's KV was not kept"
+    assert second.output_ids == alone.output_ids
 
 
 async def test_a_stopped_decode_leaves_the_batch_as_it_was(generator) -> None:
