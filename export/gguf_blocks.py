@@ -5,8 +5,9 @@ values the blocks encode. This pass puts the blocks themselves back: every MatMu
 dequantized GGUF tensor of a supported type is replaced by MatMulNBits over the same blocks of 32.
 
 - Q4_0 (w = d * (q - 8)) is MatMulNBits' own 4-bit form with its default zero point 8.
-- Q4_1 (w = d * q + m) would need float zero points (-m / d), which take onnxruntime's slow path (measured 5-8x
-  slower on AVX2). The same product, exactly: w = d * (q - 8) + (m + 8 d), so
+- Q4_1 (w = d * q + m) would need float zero points (-m / d), which take onnxruntime's slow path (a SmolLM2
+  decode step on AVX2: 148 ms instead of 15 with int8 compute). The same product, exactly:
+  w = d * (q - 8) + (m + 8 d), so
   x @ W = MatMulNBits(x; q, d) + (x summed per block of 32) @ (m + 8 d), a second product 32 times smaller.
 - Q8_0 (w = d * q, q signed) is 8-bit MatMulNBits with q + 128 stored and the default zero point 128. onnxruntime
   has no fp32-compute kernel for 8 bits (it dequantizes on every call: 6x slower than the fp32 MatMul), so Q8_0
