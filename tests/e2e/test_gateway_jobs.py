@@ -72,8 +72,17 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, generator_r
             "services.generator", "--models", str(generator_repo), "--model-names", GENERATOR_MODEL,
             "--metrics-port", str(metrics_port),
         )  # fmt: skip
+        # No rate limit: the load-generator tests send hundreds of calls a second with one key, one after another,
+        # and 200/s with a burst of 400 refused some of them depending on how fast this machine was.
         gateway = launcher.gateway(
-            [classifier], generator, "--templates", str(templates), "--max-texts-per-request", str(TEXTS_PER_CALL)
+            [classifier],
+            generator,
+            "--templates",
+            str(templates),
+            "--max-texts-per-request",
+            str(TEXTS_PER_CALL),
+            "--rate-limit-per-s",
+            "0",
         )
         for process in (classifier, generator, gateway):
             process.wait_serving()
