@@ -75,16 +75,23 @@ class PrefixCache:
         nbytes = sum(layer.nbytes for layer in past)
         if nbytes > self.budget_bytes:
             return
+        tokens = tuple(prompt[:length])
+        # An entry that is a prefix of this one (a turn's prompt, when its answer comes to be kept) would lose every
+        # key to it and only hold memory until it is the oldest: it goes now.
+        for key in keys[:-1]:
+            shorter = self._by_key.get(key)
+            if shorter is not None and shorter.keys[-1] == key and tokens[: len(shorter.tokens)] == shorter.tokens:
+                self._remove(shorter)
         while self.bytes_held + nbytes > self.budget_bytes:
-            self._evict_oldest()
-        entry = _Entry(tuple(prompt[:length]), past, keys, nbytes)
+            self._remove(next(iter(self._entries.values())))  # the least recently used
+        entry = _Entry(tokens, past, keys, nbytes)
         self._entries[id(entry)] = entry
         for key in keys:
             self._by_key[key] = entry
         self.bytes_held += nbytes
 
-    def _evict_oldest(self) -> None:
-        _, entry = self._entries.popitem(last=False)
+    def _remove(self, entry: _Entry) -> None:
+        del self._entries[id(entry)]
         for key in entry.keys:
             if self._by_key.get(key) is entry:
                 del self._by_key[key]

@@ -94,3 +94,16 @@ def test_a_zero_budget_disables_it() -> None:
     prompt = list(range(3 * BLOCK_TOKENS))
     assert store(cache, prompt) == []
     assert cache.lookup([*prompt, 1]) is None and cache.bytes_held == 0
+
+
+def test_an_entry_that_a_longer_one_holds_whole_is_dropped_and_its_prefixes_still_hit() -> None:
+    cache = PrefixCache(1 << 20)
+    turn = list(range(2 * BLOCK_TOKENS))
+    other = list(range(900, 900 + BLOCK_TOKENS))
+    store(cache, turn)
+    store(cache, other)
+    store(cache, [*turn, *range(50, 50 + 2 * BLOCK_TOKENS)])  # the turn's prompt and its answer
+    assert cache.bytes_held == (4 + 1) * BLOCK_TOKENS * TOKEN_BYTES
+    hit = cache.lookup([*turn, 1])
+    assert hit is not None and hit.tokens == 2 * BLOCK_TOKENS
+    assert cache.lookup([*other, 1]) is not None
