@@ -9,6 +9,11 @@ the chat template but not whole prompts), max_new_tokens 64, the same sampling e
 (c) a seed-style baseline: Hugging Face transformers `generate` in PyTorch, one request at a time.
 Targets: (a) >= 3x (b) and >= 5x (c) in tokens/s; TTFT p99 of (a) <= 3x the lone request's TTFT p50.
 
+`--long-prompts` instead measures what a long prompt costs the streams running beside it: 8 streams decode while a
+prompt of about 900 tokens arrives every 2 s, once with the prompt prefilled in one step (--max-prefill-tokens 2048)
+and once in chunks (--max-prefill-tokens 256, between which the streams decode); the streams' gaps between tokens
+and the long prompts' time to first token, side by side.
+
 `--peer-url http://HOST:PORT/v1/chat/completions` instead compares the generator with another server's
 OpenAI-compatible streaming endpoint (llama.cpp's llama-server, vLLM, TGI...) on the same workload and sampling:
 windows at 1 and 16 streams, alternating between the two, two passes; the medians and their ratios.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import statistics
 import sys
@@ -25,13 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
+
 from bench.load import LoadOptions, latency_summary_ms, run_load, workload
 from bench.targets import benchmark_main, check, highest_version
-from services.core.manifest import Manifest
+from services.core.manifest import TOKENIZER_FILE, Manifest
 from services.core.wire import DEFAULT_GENERATOR_MODEL
 from services.dev.launcher import free_port, service
 
 STREAMS = 16
+LONG_PROMPT_STREAMS, LONG_PROMPT_TOKENS, LONG_PROMPT_EVERY_S, CHUNK_TOKENS = 8, 600, 4.0, 256
 MAX_NEW_TOKENS = 64
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 
@@ -57,9 +67,13 @@ def load(address: str, name: str, concurrency: int, duration_s: float, rpc: str 
     return asyncio.run(run_load(options))
 
 
-def run(models: Path, name: str, seconds: float, peer_url: str | None = None) -> dict[str, Any]:
+def run(
+    models: Path, name: str, seconds: float, peer_url: str | None = None, long_prompts: bool = False
+) -> dict[str, Any]:
     if peer_url:
         return against_peer(models, name, seconds, peer_url)
+    if long_prompts:
+        return beside_long_prompts(models, name, seconds)
     version, _, manifest = highest_version(models, name)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
@@ -141,6 +155,82 @@ def against_peer(models: Path, name: str, seconds: float, peer_url: str) -> dict
         ),
     }
     return report
+
+
+def beside_long_prompts(models: Path, name: str, seconds: float) -> dict[str, Any]:
+    """The streams' inter-token gaps while long prompts arrive, prefilled whole and in chunks."""
+    version, folder, manifest = highest_version(models, name)
+    prompt = _long_prompt(folder)
+    flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
+    windows = {}
+    for label, budget in (("whole", 2048), ("chunked", CHUNK_TOKENS)):
+        print(f"[bench] --max-prefill-tokens {budget}", file=sys.stderr, flush=True)
+        with service("services.generator", *flags, "--max-prefill-tokens", str(budget)) as address:
+            windows[label] = asyncio.run(_streams_beside_long_prompts(address, name, seconds, prompt))
+    whole, chunked = windows["whole"], windows["chunked"]
+    return {
+        "model": f"{name}/{version}",
+        "quantization": manifest.quantization.get("method", "none"),
+        "streams": LONG_PROMPT_STREAMS,
+        "long_prompt_every_s": LONG_PROMPT_EVERY_S,
+        "max_prefill_tokens": {"whole": 2048, "chunked": CHUNK_TOKENS},
+        "windows": windows,
+        "streams_inter_token_p99_ratio": _ratio(
+            whole["streams"]["inter_token_ms"]["p99"], chunked["streams"]["inter_token_ms"]["p99"]
+        ),
+        "streams_inter_token_max_ratio": _ratio(
+            whole["streams"]["inter_token_ms"]["max"], chunked["streams"]["inter_token_ms"]["max"]
+        ),
+    }
+
+
+async def _streams_beside_long_prompts(address: str, name: str, seconds: float, prompt: str) -> dict[str, Any]:
+    options = LoadOptions(
+        target=address,
+        rpc="generate-stream",
+        model=name,
+        concurrency=LONG_PROMPT_STREAMS,
+        duration_s=seconds,
+        warmup_s=8.0,
+        ramp_up_s=4.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        timeout_s=300.0,
+        unique_prompts=True,
+        progress=False,
+    )
+    streams = asyncio.ensure_future(run_load(options))
+    ttfts = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        for ticket in itertools.count(1):
+            if streams.done():
+                break
+            request = generator_pb2.GenerateRequest(  # its own start: no prefix of it is cached
+                model=name,
+                prompt=f"Ticket {ticket}.\n{prompt}",
+                sampling=generator_pb2.SamplingParameters(max_new_tokens=1),
+            )
+            started = time.perf_counter()
+            async for _ in stub.GenerateStream(request, timeout=300.0):
+                ttfts.append(time.perf_counter() - started)
+                break
+            await asyncio.sleep(max(0.0, LONG_PROMPT_EVERY_S - (time.perf_counter() - started)))
+    report = await streams
+    return {
+        "streams": _brief(report),
+        "long_prompts": {"sent": len(ttfts), "ttft_ms": latency_summary_ms(ttfts)},
+    }
+
+
+def _long_prompt(folder: Path) -> str:
+    """Workload messages joined into a prompt of about LONG_PROMPT_TOKENS tokens of the model's tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    lines, text = itertools.cycle(workload("generation.txt")), ""
+    while len(tokenizer.encode(text).ids) < LONG_PROMPT_TOKENS:
+        text += next(lines) + "\n"
+    return text
 
 
 def prefix_cache_hit_rate(metrics_port: int) -> float:
@@ -251,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _peer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--long-prompts",
+        action="store_true",
+        help="measure instead the running streams' gaps between tokens while long prompts arrive, prefilled whole "
+        "and in chunks",
+    )
     parser.add_argument(
         "--peer-url",
         help="compare with this OpenAI-compatible streaming endpoint instead, e.g. "

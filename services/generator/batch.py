@@ -34,18 +34,25 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, decoder: DecoderRunner, sequences: list[Sequence], pad_id: int, hits: list[PrefixHit | None] | None = None
+        cls,
+        decoder: DecoderRunner,
+        sequences: list[Sequence],
+        pad_id: int,
+        hits: list[PrefixHit | None] | None = None,
+        ends: list[int] | None = None,
     ) -> tuple[DecodeBatch, np.ndarray]:
         """Run the prompts, left-padded together; the new batch and each row's next-token logits. A prompt with a
-        cached prefix (`hits`, per row) passes that prefix's KV as its past and runs only the rest: the past is
-        left-padded to the longest prefix, so a row's mask may have a gap between its prefix and the rest."""
+        computed prefix (`hits`, per row: cached, or its earlier chunks) passes that prefix's KV as its past and
+        runs only the rest, up to its `ends` (per row; default the whole prompt): the past is left-padded to the
+        longest prefix, so a row's mask may have a gap between its prefix and the rest."""
         cached = [hit.tokens if hit else 0 for hit in hits or [None] * len(sequences)]
+        stops = ends or [len(s.prompt_ids) for s in sequences]
         rows, past_width = len(sequences), max(cached)
-        width = max(len(s.prompt_ids) - c for s, c in zip(sequences, cached, strict=True))
+        width = max(end - start for start, end in zip(cached, stops, strict=True))
         ids = np.full((rows, width), pad_id, np.int64)
         mask = np.zeros((rows, past_width + width), np.int64)
-        for row, (sequence, prefix) in enumerate(zip(sequences, cached, strict=True)):
-            rest = sequence.prompt_ids[prefix:]
+        for row, (sequence, prefix, end) in enumerate(zip(sequences, cached, stops, strict=True)):
+            rest = sequence.prompt_ids[prefix:end]
             ids[row, width - len(rest) :] = rest
             mask[row, past_width - prefix : past_width] = 1
             mask[row, past_width + width - len(rest) :] = 1

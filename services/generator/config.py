@@ -19,7 +19,9 @@ class GeneratorConfig(ModelServerConfig):
         16384, "most prompt + max_new_tokens tokens summed over the running sequences (bounds the KV cache)"
     )
     max_prefill_tokens: int = knob(
-        2048, "most (padded) prompt tokens prefilled in one step; bounds the prefill's memory and its stall"
+        256,
+        "most (padded) prompt tokens prefilled in one step; a longer prompt is prefilled in chunks of this many "
+        "tokens with decode steps between them, so it stalls running streams for one chunk at a time",
     )
     max_input_tokens: int = knob(1024, "longest prompt in tokens, chat template included")
     max_new_tokens: int = knob(512, "most tokens one request may generate")
@@ -54,10 +56,7 @@ class GeneratorConfig(ModelServerConfig):
             f"max_batch_total_tokens ({self.max_batch_total_tokens}) must hold at least one full request: "
             f"max_input_tokens + max_new_tokens = {self.max_input_tokens + self.max_new_tokens}",
         )
-        require(
-            self.max_prefill_tokens >= self.max_input_tokens,
-            f"max_prefill_tokens ({self.max_prefill_tokens}) must be >= max_input_tokens ({self.max_input_tokens})",
-        )
+        require(self.max_prefill_tokens >= 1, f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
         require(self.max_waiting_requests >= 1, f"max_waiting_requests must be >= 1, got {self.max_waiting_requests}")
         require(self.max_stop_sequences >= 0, f"max_stop_sequences must be >= 0, got {self.max_stop_sequences}")
         require(self.prefix_cache_mb >= 0, f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")

@@ -2,7 +2,9 @@
 KV cache; it records nothing and decides nothing.
 
 A prefill batch joins the running batch at the next decode, which first keeps only the rows of the sequences it
-was given (the others ended: their cache rows are freed) and then runs one token for every row.
+was given (the others ended: their cache rows are freed) and then runs one token for every row. A prefill computes
+at most `chunk_tokens` of a prompt beyond its cached prefix; a longer prompt keeps the KV of its chunks here until
+its last chunk runs (the policy schedules decodes between them) and only then joins.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from services.core.runner import RunStop
 from services.generator.batch import DecodeBatch
 from services.generator.decoder import DecoderRunner
 from services.generator.policy import Decode, Prefill, Step
-from services.generator.prefix_cache import PrefixCache
+from services.generator.prefix_cache import PrefixCache, PrefixHit
 from services.generator.sequence import Sequence, TextDelta
 
 
@@ -29,17 +31,20 @@ class StepResult:
     deltas: list[tuple[Sequence, TextDelta]] = field(default_factory=list)
     duration_s: float = 0.0
     rows: int = 0  # sequences in the forward pass
+    sampled: int = 0  # of them, those that got a token (a prompt's chunk before its last gets none)
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # of prompt_tokens, those whose KV came from the prefix cache
 
 
 class StepExecutor:
-    def __init__(self, decoder: DecoderRunner, pad_id: int, prefix_cache: PrefixCache) -> None:
+    def __init__(self, decoder: DecoderRunner, pad_id: int, prefix_cache: PrefixCache, chunk_tokens: int) -> None:
         self._decoder = decoder
         self._pad_id = pad_id
         self._prefix_cache = prefix_cache
+        self._chunk_tokens = chunk_tokens
         self._batch: DecodeBatch | None = None
         self._joining: list[DecodeBatch] = []  # prefilled since the last decode, which merges them
+        self._chunked: dict[int, tuple[Sequence, PrefixHit]] = {}  # by id: a prompt part-way through its chunks
 
     def run(self, step: Step, stop: RunStop | None = None) -> StepResult:
         """The step's forward pass, sampling and detokenizing; RunStopped when `stop` was requested during a
@@ -50,21 +55,34 @@ class StepExecutor:
 
     def reset(self) -> None:
         """Drop the batch and its cache (nothing runs any more, or the step failed)."""
-        self._batch, self._joining = None, []
+        self._batch, self._joining, self._chunked = None, [], {}
 
     def _prefill(self, sequences: list[Sequence]) -> StepResult:
         started = time.perf_counter()
-        hits = [self._prefix_cache.lookup(s.prompt_ids) for s in sequences]
-        for sequence, hit in zip(sequences, hits, strict=True):
-            sequence.cached_prompt_tokens = hit.tokens if hit else 0
-        joining, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits)
-        for row, sequence in enumerate(sequences):
-            self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
-        self._joining.append(joining)
+        self._chunked = {key: hit for key, hit in self._chunked.items() if hit[0].active}
+        hits, ends = [], []
+        for sequence in sequences:
+            if (chunked := self._chunked.pop(sequence.id, None)) is not None:
+                hit: PrefixHit | None = chunked[1]
+            else:
+                hit = self._prefix_cache.lookup(sequence.prompt_ids)
+                sequence.cached_prompt_tokens = hit.tokens if hit else 0
+            hits.append(hit)
+            ends.append(min(len(sequence.prompt_ids), (hit.tokens if hit else 0) + self._chunk_tokens))
+        batch, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits, ends)
+        done = [row for row, (s, end) in enumerate(zip(sequences, ends, strict=True)) if end == len(s.prompt_ids)]
+        for row, (sequence, end) in enumerate(zip(sequences, ends, strict=True)):
+            if end < len(sequence.prompt_ids):  # the rest of its prompt runs in later steps, decodes between them
+                self._chunked[sequence.id] = (sequence, PrefixHit(end, batch.row_past(row, end)))
+        if (joining := batch.filter(done)) is not None:
+            for row, sequence in enumerate(joining.sequences):
+                self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
+            self._joining.append(joining)
+        finished = [sequences[row] for row in done]
         duration = time.perf_counter() - started
-        result = StepResult("prefill", _advance(sequences, logits), duration, len(sequences))
-        result.prompt_tokens = sum(len(s.prompt_ids) for s in sequences)
-        result.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in sequences)
+        result = StepResult("prefill", _advance(finished, logits[done]), duration, len(sequences), len(finished))
+        result.prompt_tokens = sum(len(s.prompt_ids) for s in finished)
+        result.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in finished)
         return result
 
     def _decode(self, step: Decode, stop: RunStop | None) -> StepResult:
@@ -83,7 +101,7 @@ class StepExecutor:
         for row, sequence in enumerate(batch.sequences):
             if sequence.finish is not None:
                 self._prefix_cache.store(sequence.computed_ids, partial(batch.row_past, row))
-        return StepResult("decode", deltas, duration, len(batch.sequences))
+        return StepResult("decode", deltas, duration, len(batch.sequences), len(batch.sequences))
 
 
 def _advance(sequences: list[Sequence], logits: np.ndarray) -> list[tuple[Sequence, TextDelta]]:

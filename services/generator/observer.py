@@ -39,7 +39,7 @@ class SchedulerMetrics:
         if not result.rows:
             return
         metrics.STEP_DURATION.labels(*labels, result.phase).observe(result.duration_s)
-        metrics.GENERATED_TOKENS.labels(*labels).inc(result.rows)
+        metrics.GENERATED_TOKENS.labels(*labels).inc(result.sampled)
         if result.phase == "prefill":
             metrics.PROMPT_TOKENS.labels(*labels).inc(result.prompt_tokens)
             metrics.PREFIX_CACHE_TOKENS.labels(*labels, "hit").inc(result.cached_prompt_tokens)

@@ -8,6 +8,9 @@ The rules:
   tokens of one prefill);
 - prefill first: whenever a waiting request can start, the next step is its prefill; otherwise a decode of every
   running sequence;
+- chunked prefill: a prompt longer than the prefill budget is prefilled a chunk per step (the executor cuts the
+  chunks), and while it is, chunks and decodes of the others take turns, so a long prompt never stalls the running
+  streams for more than one chunk;
 - stopping a decode: a request that would start at once may stop the decode in progress, but never two decodes in
   a row are stopped, so decoding always advances;
 - endings other than a finish are distinct outcomes: cancelled by the caller, deadline passed while waiting, or
@@ -59,6 +62,7 @@ class SchedulingPolicy:
         self.running: list[Sequence] = []
         self._cancel_requests: list[Sequence] = []
         self._may_stop_decode = True  # false from a stopped decode until a decode goes through
+        self._decoded_since_chunk = True  # false from a prompt's chunk until a decode goes through
 
     def accept(self, sequence: Sequence) -> None:
         """Queue a new request, or QueueFull naming the limits. Requests that arrive together wait for the next
@@ -108,9 +112,15 @@ class SchedulingPolicy:
         admitted = self._admit()
         if admitted:
             self.running.extend(admitted)
+            self._decoded_since_chunk = False
             return Prefill(admitted)
-        if self.running:
-            return Decode(list(self.running), stoppable=self._may_stop_decode)
+        prefilling = [s for s in self.running if not s.output_ids]  # a long prompt between its chunks
+        decoding = [s for s in self.running if s.output_ids]
+        if prefilling and (self._decoded_since_chunk or not decoding):
+            self._decoded_since_chunk = False
+            return Prefill(prefilling)
+        if decoding:
+            return Decode(decoding, stoppable=self._may_stop_decode)
         return None
 
     def decode_stopped(self) -> None:
@@ -119,6 +129,7 @@ class SchedulingPolicy:
 
     def decode_done(self) -> None:
         self._may_stop_decode = True
+        self._decoded_since_chunk = True
 
     def fail_running(self) -> list[Sequence]:
         """The step failed: every running sequence ends with Outcome.FAILED; returns them."""

@@ -47,7 +47,7 @@ class ContinuousScheduler:
         prefix_cache: PrefixCache,
     ) -> None:
         self.policy = SchedulingPolicy(budgets)
-        self._executor = StepExecutor(decoder, pad_id, prefix_cache)
+        self._executor = StepExecutor(decoder, pad_id, prefix_cache, budgets.max_prefill_tokens)
         self._metrics = SchedulerMetrics(self.policy, prefix_cache, model.metric_labels)
         self._label = model_label = model.label
         self._decode_stop: RunStop | None = None  # set while a decode that a newcomer may stop is running
@@ -113,7 +113,7 @@ class ContinuousScheduler:
         if isinstance(step, Prefill):
             admitted_at = time.perf_counter()
             for sequence in step.sequences:
-                sequence.admitted_at = admitted_at
+                sequence.admitted_at = sequence.admitted_at or admitted_at
         try:
             result = await loop.run_in_executor(self._worker, self._executor.run, step, stop)
         except RunStopped:

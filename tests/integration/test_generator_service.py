@@ -165,14 +165,69 @@ async def test_a_finished_turns_prompt_and_answer_are_cached_for_the_next_turn(g
                 executor.run(Decode([sequence], stoppable=False))
             return sequence
 
-        cached = StepExecutor(model.decoder, model.pad_id, PrefixCache(64 << 20))
+        whole = model.max_sequence_length  # no prompt is prefilled in chunks
+        cached = StepExecutor(model.decoder, model.pad_id, PrefixCache(64 << 20), whole)
         first = run(cached, model.encode(Prompt(text=PROMPTS[0])))
         next_prompt = [*first.prompt_ids, *first.output_ids, *model.encode(Prompt(text=PROMPTS[1]))]
         second = run(cached, next_prompt)
-        alone = run(StepExecutor(model.decoder, model.pad_id, PrefixCache(0)), next_prompt)
+        alone = run(StepExecutor(model.decoder, model.pad_id, PrefixCache(0), whole), next_prompt)
     assert second.cached_prompt_tokens > len(first.computed_ids) - BLOCK_TOKENS
     assert second.cached_prompt_tokens > len(first.prompt_ids), "the answer's KV was not kept"
     assert second.output_ids == alone.output_ids
+
+
+async def test_a_long_prompt_prefilled_in_chunks_decodes_as_when_prefilled_at_once(generator) -> None:
+    """A prompt over the prefill budget runs in chunks, each passing the KV of the ones before as its past; the
+    tokens that follow are those of one whole prefill."""
+    async with generator() as app:
+        _, model = app.registry.get("llama")
+        prompt = model.encode(Prompt(text=LONG_PROMPT))
+
+        def run(chunk_tokens: int) -> tuple[list[int], int]:
+            """The greedy tokens, and the prefill steps it took."""
+            executor = StepExecutor(model.decoder, model.pad_id, PrefixCache(0), chunk_tokens)
+            sequence = Sequence(
+                prompt,
+                SamplingParams(max_new_tokens=12),
+                model.tokenizer,
+                model.eos_ids,
+                model.vocab_size,
+                model.max_sequence_length,
+            )
+            prefills = 0
+            while not sequence.output_ids:
+                executor.run(Prefill([sequence]))
+                prefills += 1
+            while sequence.finish is None:
+                executor.run(Decode([sequence], stoppable=False))
+            return sequence.output_ids, prefills
+
+        whole, one = run(len(prompt))
+        chunked, chunks = run(7)
+    assert one == 1 and chunks == -(-len(prompt) // 7)
+    assert chunked == whole
+
+
+async def test_streams_decode_on_while_a_long_prompt_is_prefilled_in_chunks(generator) -> None:
+    """With a small prefill budget the server still answers a long prompt and the streams running beside it as it
+    does with one budget for the whole prompt; the long prompt took several prefill steps."""
+    short = request(prompt=PROMPTS[1], max_new_tokens=24)
+    long = request(prompt=LONG_PROMPT, max_new_tokens=8)
+
+    async def both(stub: generator_pb2_grpc.GeneratorServiceStub) -> list[str]:
+        first = asyncio.ensure_future(stub.Generate(short))
+        await asyncio.sleep(0.05)  # the short one is decoding when the long one arrives
+        return [response.text for response in await asyncio.gather(first, stub.Generate(long))]
+
+    async with generator(prefix_cache_mb=0) as app, generator_stub_for(app) as stub:
+        expected = await both(stub)
+    async with generator(prefix_cache_mb=0, max_prefill_tokens=6) as app, generator_stub_for(app) as stub:
+        before = metric("ecomserve_step_duration_seconds_count", phase="prefill")
+        answers = await both(stub)
+        prefills = metric("ecomserve_step_duration_seconds_count", phase="prefill") - before
+        _, model = app.registry.get("llama")
+    assert answers == expected
+    assert prefills >= 1 + len(model.encode(Prompt(text=LONG_PROMPT))) // 6
 
 
 async def test_a_stopped_decode_leaves_the_batch_as_it_was(generator) -> None:

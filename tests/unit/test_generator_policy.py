@@ -84,6 +84,33 @@ def test_token_budget_and_prefill_budget_bound_what_starts(tokenizer: Tokenizer)
     assert isinstance(step, Prefill) and step.sequences == prompts[:2]
 
 
+def test_a_prompt_over_the_prefill_budget_takes_turns_with_the_decodes(tokenizer: Tokenizer) -> None:
+    """The executor prefills a long prompt a chunk per step (its sequence gets no token until the last chunk);
+    meanwhile chunks and decodes of the running sequences alternate, and it decodes with them once prefilled."""
+    policy = SchedulingPolicy(budgets(max_running_sequences=3, max_prefill_tokens=4))
+    short, long = sequence(tokenizer, new=10), sequence(tokenizer, prompt=10, new=10)
+    policy.accept(short)
+    model_outputs(policy.schedule())  # type: ignore[arg-type]
+    policy.accept(long)
+    steps = []
+    for chunk in range(3):  # 10 tokens in chunks of 4
+        step = policy.schedule()
+        assert isinstance(step, Prefill) and step.sequences == [long]
+        if chunk == 2:
+            model_outputs(step)  # the last chunk: its first token
+        step = policy.schedule()
+        assert isinstance(step, Decode)
+        steps.append(step.sequences)
+        model_outputs(step)
+        policy.decode_done()
+    assert steps == [[short], [short], [short, long]]
+    lone = SchedulingPolicy(budgets(max_prefill_tokens=4))
+    lone.accept(alone := sequence(tokenizer, prompt=10))
+    assert isinstance(lone.schedule(), Prefill)
+    step = lone.schedule()  # nothing to decode: the next chunk at once
+    assert isinstance(step, Prefill) and step.sequences == [alone]
+
+
 def test_a_newcomer_may_stop_a_decode_but_never_two_in_a_row(tokenizer: Tokenizer) -> None:
     policy = SchedulingPolicy(budgets(max_running_sequences=3))
     running = sequence(tokenizer, new=10)
