@@ -49,6 +49,8 @@ class StepExecutor:
     def run(self, step: Step, stop: RunStop | None = None) -> StepResult:
         """The step's forward pass, sampling and detokenizing; RunStopped when `stop` was requested during a
         decode (the batch is left as it was), ModelFailure when onnxruntime fails."""
+        # A prompt cancelled between its chunks leaves its chunks' KV here: freed at the next step.
+        self._chunked = {key: chunked for key, chunked in self._chunked.items() if chunked[0].active}
         if isinstance(step, Prefill):
             return self._prefill(step.sequences)
         return self._decode(step, stop)
@@ -59,7 +61,6 @@ class StepExecutor:
 
     def _prefill(self, sequences: list[Sequence]) -> StepResult:
         started = time.perf_counter()
-        self._chunked = {key: hit for key, hit in self._chunked.items() if hit[0].active}
         hits, ends = [], []
         for sequence in sequences:
             if (chunked := self._chunked.pop(sequence.id, None)) is not None:
@@ -70,19 +71,19 @@ class StepExecutor:
             hits.append(hit)
             ends.append(min(len(sequence.prompt_ids), (hit.tokens if hit else 0) + self._chunk_tokens))
         batch, logits = DecodeBatch.prefill(self._decoder, sequences, self._pad_id, hits, ends)
-        done = [row for row, (s, end) in enumerate(zip(sequences, ends, strict=True)) if end == len(s.prompt_ids)]
+        whole = [row for row, (s, end) in enumerate(zip(sequences, ends, strict=True)) if end == len(s.prompt_ids)]
         for row, (sequence, end) in enumerate(zip(sequences, ends, strict=True)):
             if end < len(sequence.prompt_ids):  # the rest of its prompt runs in later steps, decodes between them
                 self._chunked[sequence.id] = (sequence, PrefixHit(end, batch.row_past(row, end)))
-        if (joining := batch.filter(done)) is not None:
+        if (joining := batch.filter(whole)) is not None:
             for row, sequence in enumerate(joining.sequences):
                 self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
             self._joining.append(joining)
-        finished = [sequences[row] for row in done]
+        prefilled = [sequences[row] for row in whole]
         duration = time.perf_counter() - started
-        result = StepResult("prefill", _advance(finished, logits[done]), duration, len(sequences), len(finished))
-        result.prompt_tokens = sum(len(s.prompt_ids) for s in finished)
-        result.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in finished)
+        result = StepResult("prefill", _advance(prefilled, logits[whole]), duration, len(sequences), len(prefilled))
+        result.prompt_tokens = sum(len(s.prompt_ids) for s in prefilled)
+        result.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in prefilled)
         return result
 
     def _decode(self, step: Decode, stop: RunStop | None) -> StepResult:

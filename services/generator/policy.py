@@ -118,7 +118,7 @@ class SchedulingPolicy:
         decoding = [s for s in self.running if s.output_ids]
         if prefilling and (self._decoded_since_chunk or not decoding):
             self._decoded_since_chunk = False
-            return Prefill(prefilling)
+            return Prefill(prefilling[:1])  # the oldest first: one chunk within the prefill budget
         if decoding:
             return Decode(decoding, stoppable=self._may_stop_decode)
         return None

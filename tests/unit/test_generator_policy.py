@@ -111,6 +111,17 @@ def test_a_prompt_over_the_prefill_budget_takes_turns_with_the_decodes(tokenizer
     assert isinstance(step, Prefill) and step.sequences == [alone]
 
 
+def test_prompts_between_chunks_go_on_one_per_step_oldest_first(tokenizer: Tokenizer) -> None:
+    policy = SchedulingPolicy(budgets(max_running_sequences=3, max_prefill_tokens=4))
+    older, newer = sequence(tokenizer, prompt=10), sequence(tokenizer, prompt=10)
+    policy.accept(older)
+    policy.accept(newer)
+    firsts = [policy.schedule(), policy.schedule()]  # each one's first chunk: a prompt over budget starts alone
+    assert [step.sequences for step in firsts if isinstance(step, Prefill)] == [[older], [newer]]
+    step = policy.schedule()
+    assert isinstance(step, Prefill) and step.sequences == [older]
+
+
 def test_a_newcomer_may_stop_a_decode_but_never_two_in_a_row(tokenizer: Tokenizer) -> None:
     policy = SchedulingPolicy(budgets(max_running_sequences=3))
     running = sequence(tokenizer, new=10)
