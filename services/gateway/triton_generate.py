@@ -2,7 +2,8 @@
 LLM tooling (and clients written for Triton's vLLM and TensorRT-LLM backends) calls.
 
 POST /v2/models/{name}[/versions/{v}]/generate takes {"text_input": str, and sampling fields at the top level or
-under "parameters": max_tokens, temperature, top_p, seed, stop (a string or a list), stream (false here)} and
+under "parameters": max_tokens, temperature, top_p, seed, stop (a string or a list), repetition_penalty (or
+repeat_penalty), stream (false here)} and
 answers {"model_name", "model_version", "text_output"}; .../generate_stream answers server-sent events of the same
 object, each with the next piece of text, the last with the version that answered. Unknown or unsupported fields
 are refused with 400 naming them; errors are {"error": message}, as the rest of the protocol's REST form. Behind the
@@ -23,7 +24,13 @@ from services.core.inflight import InflightCalls
 from services.core.oip_rest import error_body, version_number
 from services.core.wire import REQUEST_ID
 from services.gateway.backends import Backend, CallContext, configured_generator
-from services.gateway.openai import SAMPLING_FIELDS, Unsupported, sampling_parameters, sse
+from services.gateway.openai import (
+    REPETITION_PENALTY_FIELDS,
+    SAMPLING_FIELDS,
+    Unsupported,
+    sampling_parameters,
+    sse,
+)
 
 TEXT_INPUT = "text_input"
 OK = grpc.StatusCode.OK
@@ -37,10 +44,10 @@ def generate_request(body: Any, model: str, version: str, stream: bool) -> gener
     if not isinstance(parameters, dict):
         raise Unsupported("parameters", "parameters must be a JSON object")
     fields = {key: value for key, value in body.items() if key != "parameters"} | parameters
-    unknown = sorted(set(fields) - {TEXT_INPUT, "stream", *SAMPLING_FIELDS})
+    unknown = sorted(set(fields) - {TEXT_INPUT, "stream", *SAMPLING_FIELDS, *REPETITION_PENALTY_FIELDS})
     if unknown:
         raise Unsupported(unknown[0], f"{unknown[0]}: unknown or unsupported field (supported: max_tokens, "
-                          "temperature, top_p, seed, stop)")  # fmt: skip
+                          "temperature, top_p, seed, stop, repetition_penalty)")  # fmt: skip
     if fields.get("stream", stream) is not stream:
         raise Unsupported("stream", f"stream: must be {str(stream).lower()} here; use generate_stream to stream")
     text = fields.get(TEXT_INPUT)

@@ -21,12 +21,15 @@ def test_generate_is_the_generators_answer_and_generate_stream_says_the_same(sta
             generator_pb2.GenerateRequest(
                 model=GENERATOR_MODEL,
                 prompt=PROMPT,
-                sampling=generator_pb2.SamplingParameters(max_new_tokens=12, temperature=0.0, seed=7, stop=["zzz"]),
+                sampling=generator_pb2.SamplingParameters(
+                    max_new_tokens=12, temperature=0.0, seed=7, stop=["zzz"], repetition_penalty=1.5
+                ),
             ),
             timeout=60,
         )
     url = f"{stack.gateway.http}/v2/models/{GENERATOR_MODEL}"
-    body = {"text_input": PROMPT, "max_tokens": 12, "parameters": {"temperature": 0.0, "seed": 7, "stop": "zzz"}}
+    parameters = {"temperature": 0.0, "seed": 7, "stop": "zzz", "repetition_penalty": 1.5}
+    body = {"text_input": PROMPT, "max_tokens": 12, "parameters": parameters}
 
     answer = http_client.call(f"{url}/generate", body, API_KEY)
     assert answer.status == 200, answer.body
@@ -45,6 +48,7 @@ def test_bad_generate_requests_are_refused_naming_the_field(stack: Stack) -> Non
     refused = [
         ({"text_input": PROMPT, "max_tokens": 0}, 400, "max_tokens"),
         ({"text_input": PROMPT, "parameters": {"beam_width": 4}}, 400, "beam_width"),
+        ({"text_input": PROMPT, "parameters": {"repetition_penalty": 0}}, 400, "repetition_penalty"),
         ({"text_input": PROMPT, "stream": True}, 400, "generate_stream"),
         ({"max_tokens": 4}, 400, "text_input"),
         ({"text_input": PROMPT, "parameters": [1]}, 400, "parameters"),
