@@ -52,7 +52,8 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 
 venv install: $(VENV)/.installed
 
-# The embedded defaults' packages. The MiniLM body also serves the suite's test of real embeddings.
+# The embedded defaults' packages; the suite exports the defaults from them too (real embeddings, and the gateway's
+# jobs on the real models).
 # rag-intent-classifier only for its data files: --no-deps, because its own requirements pull an unpinned torch
 # (gigabytes of CUDA packages).
 $(VENV)/.minilm: $(VENV)/.installed
@@ -89,7 +90,7 @@ demo: $(PB_STAMP) $(VENV)/.defaults
 	$(PY) -m export defaults --out $(MODELS)
 	$(PY) -m services.dev.demo --models $(MODELS)
 
-test: $(PB_STAMP) $(VENV)/.minilm check-deploy
+test: $(PB_STAMP) $(VENV)/.defaults check-deploy
 	$(PY) -m pytest -q
 
 # deploy/ checked offline: every overlay renders and validates against the Kubernetes API schemas, YAML and

@@ -7,6 +7,7 @@ tail of its log; every child is stopped when its fixture ends.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.dev.launcher import free_port, spawn, stop, wait_serving
 from services.gateway.auth import hash_key
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 API_KEY = "test-key-1-0123456789"
 OTHER_KEY = "test-key-2-0123456789"
 ROUTES = {"order_status": "orders", "refund": "refunds", "human": "human_agent"}
@@ -85,9 +87,14 @@ class Launcher:
     def generator(self, models: Path, port: int | None = None) -> Process:
         return self.start("services.generator", "--models", str(models), "--model-names", GENERATOR_MODEL, port=port)
 
-    def gateway(self, classifiers: list[Process], generator: Process | None, *flags: str) -> Process:
+    def api_keys_file(self) -> Path:
+        """A keys file with API_KEY (as its hash) and OTHER_KEY (as is)."""
         keys = self.folder / "api-keys"
         keys.write_text(f"# test keys\ntests={hash_key(API_KEY)}\nother={OTHER_KEY}\n")
+        return keys
+
+    def gateway(self, classifiers: list[Process], generator: Process | None, *flags: str) -> Process:
+        keys = self.api_keys_file()
         routing = self.folder / "routing.toml"
         queues = "\n".join(f'{label} = "{queue}"' for label, queue in ROUTES.items())
         routing.write_text(f'model = "intent"\ntop_k = 3\nmin_score = 0.0\n[queues]\n{queues}\n')
@@ -183,3 +190,9 @@ def load_report(*args: str) -> dict:
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-2000:]
     return json.loads(ran.stdout)
+
+
+def readme_json_requests() -> list[tuple[str, dict]]:
+    """The README's JSON examples of the gateway's routes: (path, body) of each "`POST /v1/...`:" block."""
+    blocks = re.findall(r"^`POST (/v1/[a-z-]+)`:\n```json\n(.*?)^```$", README.read_text(), re.DOTALL | re.M)
+    return [(path, json.loads(body)) for path, body in blocks]

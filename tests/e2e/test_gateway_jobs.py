@@ -6,7 +6,6 @@ input gets its status; the README's JSON examples run."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,15 @@ from bench.load import DEFAULT_MODELS, GATEWAY_METHODS
 from services.dev.launcher import free_port
 from services.gateway.config import PACKAGE_DIR
 from tests.e2e import http_client
-from tests.e2e.conftest import API_KEY, GENERATOR_MODEL, Launcher, Process, cancelled_sequences, load_report
+from tests.e2e.conftest import (
+    API_KEY,
+    GENERATOR_MODEL,
+    Launcher,
+    Process,
+    cancelled_sequences,
+    load_report,
+    readme_json_requests,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +45,6 @@ PRODUCT = {
     "category": "socks",
     "attributes": [{"key": "material", "value": "merino wool"}, {"key": "pack", "value": "3 pairs"}],
 }
-README = Path(__file__).resolve().parents[2] / "README.md"
-README_REQUESTS = re.findall(r"^`POST (/v1/[a-z-]+)`:\n```json\n(.*?)^```$", README.read_text(), re.DOTALL | re.M)
 
 
 @dataclass
@@ -306,10 +311,10 @@ def test_an_over_long_review_is_cut_when_asked(jobs: Jobs) -> None:
 
 
 def test_the_readme_json_examples_run(jobs: Jobs) -> None:
-    paths = [path for path, _ in README_REQUESTS]
+    examples = readme_json_requests()
+    paths = [path for path, _ in examples]
     assert {"/v1/write-marketing-copy", "/v1/analyze-reviews"} <= set(paths), paths
-    for path, body in README_REQUESTS:
-        request = json.loads(body)
+    for path, request in examples:
         if path == "/v1/write-marketing-copy":
             reply = http_client.stream(f"{jobs.gateway.http}{path}", request, API_KEY)
             assert reply.status == 200 and len(reply.body[-1]["variants"]) == request.get("variants", 1)
