@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from ecomserve.generator.v1 import generator_pb2, generator_pb2_grpc
 
+from services.core.allocator import reuse_freed_memory
 from services.core.manifest import TASK_GENERATION
 from services.core.repository import ModelVersion
 from services.core.runner import OnnxRunner, RuntimeOptions
@@ -19,12 +20,16 @@ from services.generator.policy import SchedulerBudgets
 from services.generator.servicer import GenerationLimits, GeneratorServicer
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+# Freed memory the process keeps for its next KV arrays rather than trimming it (about a 16-stream batch's cache).
+RETAINED_FREE_MB = 256
 
 
 class GeneratorApp(ModelService[GeneratorModel]):
     """The generator service: every generation model version, each with its continuous-batching scheduler."""
 
     def __init__(self, config: GeneratorConfig) -> None:
+        # Before the decode threads exist: the KV cache is copied into new arrays whenever the batch changes.
+        reuse_freed_memory(RETAINED_FREE_MB)
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self._runtime = RuntimeOptions(device=config.device, intra_op_threads=config.intra_op_threads)
         self._budgets = SchedulerBudgets(
