@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import random
 import statistics
@@ -49,9 +50,14 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 def load(address: str, name: str, concurrency: int, duration_s: float, rpc: str = "generate-stream") -> dict[str, Any]:
     """One window of the workload: `concurrency` streams for `duration_s` after a warm-up."""
     print(f"[bench] {address}: {concurrency} stream(s) for {duration_s:.0f} s", file=sys.stderr, flush=True)
+    return asyncio.run(run_load(workload_options(address, name, concurrency, duration_s, rpc=rpc)))
+
+
+def workload_options(address: str, name: str, concurrency: int, duration_s: float, **overrides: Any) -> LoadOptions:
+    """The workload's streams: ticketed messages, MAX_NEW_TOKENS and SAMPLING, after a warm-up and a ramp-up."""
     options = LoadOptions(
         target=address,
-        rpc=rpc,
+        rpc="generate-stream",
         model=name,
         concurrency=concurrency,
         duration_s=duration_s,
@@ -64,7 +70,7 @@ def load(address: str, name: str, concurrency: int, duration_s: float, rpc: str 
         repetition_penalty=SAMPLING["repetition_penalty"],
         unique_prompts=True,
     )
-    return asyncio.run(run_load(options))
+    return dataclasses.replace(options, **overrides)
 
 
 def run(
@@ -185,19 +191,7 @@ def beside_long_prompts(models: Path, name: str, seconds: float) -> dict[str, An
 
 
 async def _streams_beside_long_prompts(address: str, name: str, seconds: float, prompt: str) -> dict[str, Any]:
-    options = LoadOptions(
-        target=address,
-        rpc="generate-stream",
-        model=name,
-        concurrency=LONG_PROMPT_STREAMS,
-        duration_s=seconds,
-        warmup_s=8.0,
-        ramp_up_s=4.0,
-        max_new_tokens=MAX_NEW_TOKENS,
-        timeout_s=300.0,
-        unique_prompts=True,
-        progress=False,
-    )
+    options = workload_options(address, name, LONG_PROMPT_STREAMS, seconds, progress=False)
     streams = asyncio.ensure_future(run_load(options))
     ttfts = []
     async with grpc.aio.insecure_channel(address) as channel:

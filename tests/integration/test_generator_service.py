@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from services.core.runner import RunStop, RunStopped
 from services.generator.batch import DecodeBatch
 from services.generator.executor import StepExecutor
-from services.generator.model import Prompt
+from services.generator.model import GeneratorModel, Prompt
 from services.generator.policy import Decode, Prefill
 from services.generator.prefix_cache import BLOCK_TOKENS, PrefixCache
 from services.generator.sampling import SamplingParams
@@ -61,6 +61,18 @@ def torch_greedy(model_dir: Path, prompt: str, max_new_tokens: int) -> tuple[str
     if eos in tokens:
         tokens = tokens[: tokens.index(eos) + 1]
     return tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
+
+
+def greedy_sequence(model: GeneratorModel, prompt: list[int], max_new_tokens: int) -> Sequence:
+    """A greedy sequence of `model` for the executor tests, which drive its steps by hand."""
+    return Sequence(
+        prompt,
+        SamplingParams(max_new_tokens=max_new_tokens),
+        model.tokenizer,
+        model.eos_ids,
+        model.vocab_size,
+        model.max_sequence_length,
+    )
 
 
 def metric(name: str, **labels: str) -> float:
@@ -152,14 +164,7 @@ async def test_a_finished_turns_prompt_and_answer_are_cached_for_the_next_turn(g
         _, model = app.registry.get("llama")
 
         def run(executor: StepExecutor, prompt: list[int]) -> Sequence:
-            sequence = Sequence(
-                prompt,
-                SamplingParams(max_new_tokens=9),
-                model.tokenizer,
-                model.eos_ids,
-                model.vocab_size,
-                model.max_sequence_length,
-            )
+            sequence = greedy_sequence(model, prompt, 9)
             executor.run(Prefill([sequence]))
             while sequence.finish is None:
                 executor.run(Decode([sequence], stoppable=False))
@@ -186,14 +191,7 @@ async def test_a_long_prompt_prefilled_in_chunks_decodes_as_when_prefilled_at_on
         def run(chunk_tokens: int) -> tuple[list[int], int]:
             """The greedy tokens, and the prefill steps it took."""
             executor = StepExecutor(model.decoder, model.pad_id, PrefixCache(0), chunk_tokens)
-            sequence = Sequence(
-                prompt,
-                SamplingParams(max_new_tokens=12),
-                model.tokenizer,
-                model.eos_ids,
-                model.vocab_size,
-                model.max_sequence_length,
-            )
+            sequence = greedy_sequence(model, prompt, 12)
             prefills = 0
             while not sequence.output_ids:
                 executor.run(Prefill([sequence]))
