@@ -2,8 +2,8 @@
 
 Rows are LEFT-padded to one width: every row's newest token sits in the last column, padding has attention mask 0
 and position ids count real tokens only, so sequences of different lengths decode together. `prefill` builds a
-batch from new prompts, `decode` runs one step for every row, `filter` drops rows (and the padding columns no
-remaining row needs), `concatenate` joins batches by padding the narrower ones on the left.
+batch from new prompts, `decode` runs one step for every row, `assemble` builds one batch from rows of several
+(dropping ended rows, joining prefilled ones) with a single copy of their KV.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class DecodeBatch:
         positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)[:, past_width:]
         past = decoder.empty_past(rows) if not past_width else _left_padded_past(hits or [], past_width)
         logits, present = decoder.forward(ids, mask, positions, past)
-        return cls(sequences, mask, present, mask.sum(axis=1)), logits
+        return cls(list(sequences), mask, present, mask.sum(axis=1)), logits
 
     def row_past(self, row: int, tokens: int) -> list[np.ndarray]:
         """The KV of row `row`'s first `tokens` real tokens, per layer [1, kv_heads, tokens, head_dim] (a copy)."""
@@ -75,42 +75,42 @@ class DecodeBatch:
         self.mask, self.past, self.positions = mask, present, self.positions + 1
         return logits
 
-    def filter(self, keep: list[int]) -> DecodeBatch | None:
-        """The rows at `keep` (None when empty), without the leading columns that are padding in all of them."""
-        if not keep:
-            return None
-        if len(keep) == len(self.sequences):
-            return self
-        rows = np.asarray(keep)
-        mask = self.mask[rows]
-        start = int(np.argmax(mask.any(axis=0)))
-        return DecodeBatch(
-            [self.sequences[i] for i in keep],
-            np.ascontiguousarray(mask[:, start:]),
-            [np.ascontiguousarray(t[rows, :, start:]) for t in self.past],
-            self.positions[rows],
-        )
-
     @classmethod
-    def concatenate(cls, batches: list[DecodeBatch]) -> DecodeBatch:
-        if len(batches) == 1:
-            return batches[0]
-        width = max(b.width for b in batches)
-        masks = [np.pad(b.mask, ((0, 0), (width - b.width, 0))) for b in batches]
-        past = []
-        for layer in range(len(batches[0].past)):
-            parts = []
-            for b in batches:
-                pad = [(0, 0)] * 4
-                pad[SEQUENCE_AXIS] = (width - b.width, 0)
-                parts.append(np.pad(b.past[layer], pad) if b.width < width else b.past[layer])
-            past.append(np.concatenate(parts, axis=BATCH_AXIS))
-        return cls(
-            [s for b in batches for s in b.sequences],
-            np.concatenate(masks, axis=0),
-            past,
-            np.concatenate([b.positions for b in batches]),
-        )
+    def assemble(cls, parts: list[tuple[DecodeBatch, list[int]]]) -> DecodeBatch | None:
+        """One batch of the rows picked from each part (None when none is), left-padded to the widest, without the
+        leading columns that are padding in every picked row of a part. Each picked row's KV is copied once; a
+        single part picked whole is returned as it is."""
+        picked = [(batch, rows) for batch, rows in parts if rows]
+        if not picked:
+            return None
+        if len(picked) == 1 and len(picked[0][1]) == len(picked[0][0].sequences):
+            return picked[0][0]
+        starts = [int(np.argmax(batch.mask[rows].any(axis=0))) for batch, rows in picked]
+        width = max(batch.width - start for (batch, _), start in zip(picked, starts, strict=True))
+        total = sum(len(rows) for _, rows in picked)
+        mask = np.zeros((total, width), np.int64)
+        past = [np.empty(_resized(layer, total, width), layer.dtype) for layer in picked[0][0].past]
+        sequences: list[Sequence] = []
+        positions: list[np.ndarray] = []
+        out = 0
+        for (batch, rows), start in zip(picked, starts, strict=True):
+            pad = width - (batch.width - start)
+            mask[out : out + len(rows), pad:] = batch.mask[rows, start:]
+            for target, source in zip(past, batch.past, strict=True):
+                target[out : out + len(rows), :, :pad] = 0  # masked, but must be finite: 0 x NaN is NaN
+                for offset, row in enumerate(rows):  # row by row: no temporary copy of the whole part
+                    target[out + offset, :, pad:] = source[row, :, start:]
+            sequences.extend(batch.sequences[row] for row in rows)
+            positions.append(batch.positions[rows])
+            out += len(rows)
+        return cls(sequences, mask, past, np.concatenate(positions))
+
+
+def _resized(layer: np.ndarray, rows: int, width: int) -> list[int]:
+    """The shape of a KV tensor like `layer` with `rows` rows of `width` columns."""
+    shape = list(layer.shape)
+    shape[BATCH_AXIS], shape[SEQUENCE_AXIS] = rows, width
+    return shape
 
 
 def _left_padded_past(hits: list[PrefixHit | None], width: int) -> list[np.ndarray]:
@@ -118,9 +118,7 @@ def _left_padded_past(hits: list[PrefixHit | None], width: int) -> list[np.ndarr
     sample = next(hit for hit in hits if hit is not None).past
     past = []
     for layer, like in enumerate(sample):
-        shape = list(like.shape)
-        shape[BATCH_AXIS], shape[SEQUENCE_AXIS] = len(hits), width
-        tensor = np.zeros(shape, like.dtype)
+        tensor = np.zeros(_resized(like, len(hits), width), like.dtype)
         for row, hit in enumerate(hits):
             if hit is not None:
                 tensor[row, :, width - hit.tokens :] = hit.past[layer][0]

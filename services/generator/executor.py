@@ -2,9 +2,10 @@
 KV cache; it records nothing and decides nothing.
 
 A prefill batch joins the running batch at the next decode, which first keeps only the rows of the sequences it
-was given (the others ended: their cache rows are freed) and then runs one token for every row. A prefill computes
-at most `chunk_tokens` of a prompt beyond its cached prefix; a longer prompt keeps the KV of its chunks here until
-its last chunk runs (the policy schedules decodes between them) and only then joins.
+was given (the others ended: their cache rows are freed), together with the joining rows in one copy of the cache,
+and then runs one token for every row. A prefill computes at most `chunk_tokens` of a prompt beyond its cached
+prefix; a longer prompt keeps the KV of its chunks here until its last chunk runs (the policy schedules decodes
+between them) and only then joins.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class StepExecutor:
         for row, (sequence, end) in enumerate(zip(sequences, ends, strict=True)):
             if end < len(sequence.prompt_ids):  # the rest of its prompt runs in later steps, decodes between them
                 self._chunked[sequence.id] = (sequence, PrefixHit(end, batch.row_past(row, end)))
-        if (joining := batch.filter(whole)) is not None:
+        if (joining := DecodeBatch.assemble([(batch, whole)])) is not None:
             for row, sequence in enumerate(joining.sequences):
                 self._prefix_cache.store(sequence.prompt_ids, partial(joining.row_past, row))
             self._joining.append(joining)
@@ -87,11 +88,11 @@ class StepExecutor:
         return result
 
     def _decode(self, step: Decode, stop: RunStop | None) -> StepResult:
-        keep = {s.id for s in step.sequences}
+        live = {s.id for s in step.sequences}
         parts = [b for b in (self._batch, *self._joining) if b is not None]
-        kept = [k for b in parts if (k := b.filter([i for i, s in enumerate(b.sequences) if s.id in keep])) is not None]
         self._joining = []
-        batch = self._batch = DecodeBatch.concatenate(kept) if kept else None
+        picked = [(b, [row for row, s in enumerate(b.sequences) if s.id in live]) for b in parts]
+        batch = self._batch = DecodeBatch.assemble(picked)
         if batch is None:
             return StepResult("decode")
         started = time.perf_counter()

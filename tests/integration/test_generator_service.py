@@ -4,6 +4,7 @@ batch invariance, stop sequences, limits, seeds, cancellation, the waiting bound
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,37 @@ async def test_streams_decode_on_while_a_long_prompt_is_prefilled_in_chunks(gene
         _, model = app.registry.get("llama")
     assert answers == expected
     assert prefills >= 1 + len(model.encode(Prompt(text=LONG_PROMPT))) // 6
+
+
+async def test_rows_leaving_and_joining_the_batch_leave_the_others_decoding_as_alone(generator) -> None:
+    """One sequence finishes early and another joins later (the batch is rebuilt with one copy of the cache each
+    time): every sequence decodes exactly as it does alone."""
+    async with generator() as app:
+        _, model = app.registry.get("llama")
+        prompts = [model.encode(Prompt(text=prompt)) for prompt in PROMPTS]
+        lengths = (2, 14, 8)  # the first finishes within two steps, the last joins at the fourth
+
+        def decoded(executor: StepExecutor, first: list[Sequence], joins: dict[int, Sequence]) -> None:
+            sequences = list(first)
+            executor.run(Prefill(first))
+            for step in itertools.count():
+                if step in joins:
+                    sequences.append(joins[step])
+                    executor.run(Prefill([joins[step]]))
+                if not (running := [s for s in sequences if s.active]) and step > max(joins, default=0):
+                    return
+                if running:
+                    executor.run(Decode(running, stoppable=False))
+
+        def executor() -> StepExecutor:
+            return StepExecutor(model.decoder, model.pad_id, PrefixCache(0), model.max_sequence_length)
+
+        together = [greedy_sequence(model, prompt, n) for prompt, n in zip(prompts, lengths, strict=True)]
+        decoded(executor(), together[:2], {3: together[2]})
+        for sequence, prompt, n in zip(together, prompts, lengths, strict=True):
+            alone = greedy_sequence(model, prompt, n)
+            decoded(executor(), [alone], {})
+            assert sequence.output_ids == alone.output_ids
 
 
 async def test_a_stopped_decode_leaves_the_batch_as_it_was(generator) -> None:
