@@ -42,7 +42,9 @@ from services.core.wire import DEFAULT_GENERATOR_MODEL
 from services.dev.launcher import free_port, service
 
 STREAMS = 16
-LONG_PROMPT_STREAMS, LONG_PROMPT_TOKENS, LONG_PROMPT_EVERY_S, CHUNK_TOKENS = 8, 600, 4.0, 256
+LONG_PROMPT_STREAMS, LONG_PROMPT_TOKENS, LONG_PROMPT_EVERY_S = 8, 600, 4.0
+# --max-prefill-tokens of the two long-prompt windows: the whole prompt in one step, and the default chunks.
+PREFILL_BUDGETS = {"whole": 2048, "chunked": 256}
 MAX_NEW_TOKENS = 64
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 
@@ -169,7 +171,7 @@ def beside_long_prompts(models: Path, name: str, seconds: float) -> dict[str, An
     prompt = _long_prompt(folder)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
     windows = {}
-    for label, budget in (("whole", 2048), ("chunked", CHUNK_TOKENS)):
+    for label, budget in PREFILL_BUDGETS.items():
         print(f"[bench] --max-prefill-tokens {budget}", file=sys.stderr, flush=True)
         with service("services.generator", *flags, "--max-prefill-tokens", str(budget)) as address:
             windows[label] = asyncio.run(_streams_beside_long_prompts(address, name, seconds, prompt))
@@ -179,7 +181,7 @@ def beside_long_prompts(models: Path, name: str, seconds: float) -> dict[str, An
         "quantization": manifest.quantization.get("method", "none"),
         "streams": LONG_PROMPT_STREAMS,
         "long_prompt_every_s": LONG_PROMPT_EVERY_S,
-        "max_prefill_tokens": {"whole": 2048, "chunked": CHUNK_TOKENS},
+        "max_prefill_tokens": PREFILL_BUDGETS,
         "windows": windows,
         "streams_inter_token_p99_ratio": _ratio(
             whole["streams"]["inter_token_ms"]["p99"], chunked["streams"]["inter_token_ms"]["p99"]
@@ -252,9 +254,10 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def _ratio(without: float, with_cache: float) -> float:
-    """How many times longer the first token took without the prefix cache."""
-    return round(without / with_cache, 2) if with_cache else 0.0
+def _ratio(baseline: float | None, improved: float | None) -> float | None:
+    """How many times longer a latency was in the baseline window (without the prefix cache, or with the long
+    prompt prefilled whole) than in the improved one; null when either window measured none."""
+    return round(baseline / improved, 2) if baseline and improved else None
 
 
 def _brief(report: dict[str, Any]) -> dict[str, Any]:
