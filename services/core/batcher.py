@@ -38,10 +38,11 @@ class DynamicBatcher(Generic[I, O]):
     - When more items wait than fit, the batch takes the oldest item and the items whose `size_of` is nearest
       to it (length bucketing: one pad length per batch wastes little).
     - At most `max_queue_size` items wait; `submit_many` admits all of a request's items or raises QueueFull.
-    - Admission by time: the batcher measures its service rate (items per second while items wait or run) and
-      refuses at once (QueueFull with a retry hint) items that, behind the items queued and running, would not be
-      done within a share of their deadline or within `max_queue_time_s` (0: no such limit). Under overload the
-      queue so stays as long as callers are willing to wait, and callers learn it at once instead of timing out.
+    - Admission by time: the batcher measures its service rate (items served, not failed, per second while
+      items wait or run) and refuses at once (QueueFull with a retry hint) items that, behind the items queued
+      and running, would not be done within a share of their deadline or within `max_queue_time_s` (0: no such
+      limit). Under overload the queue so stays as long as callers are willing to wait, and callers learn it at
+      once instead of timing out. With nothing queued or running, items are always admitted.
     - Items whose caller cancelled leave the queue at once; items whose deadline passed are failed with
       DeadlineExceeded before they run. A cancelled caller's future never receives a result.
     - Up to `max_concurrent_batches` handler calls run at once (1: the next batch forms while one runs).
@@ -113,9 +114,9 @@ class DynamicBatcher(Generic[I, O]):
                 f"max_queue_size={self._max_queue_size}; retry with backoff"
             )
         per_s = self.rate.per_s
-        if per_s is None:
-            return
         ahead = self._running_items + len(self._queue)
+        if per_s is None or ahead == 0:  # only work that runs can correct a rate measured while items failed
+            return
         expected_s = (ahead + count) / per_s
         limits = []
         if deadline is not None:
@@ -234,8 +235,9 @@ class DynamicBatcher(Generic[I, O]):
             return _failed(error)
 
     async def _complete(self, batch: list[_Pending[I, O]], running: Awaitable[Sequence[O | BaseException]]) -> None:
+        results: Sequence[O | BaseException] = []
         try:
-            results: Sequence[O | BaseException] = await running
+            results = await running
             if len(results) != len(batch):
                 raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
         except (Exception, asyncio.CancelledError) as error:  # the whole batch failed: every caller learns why
@@ -243,7 +245,9 @@ class DynamicBatcher(Generic[I, O]):
             results = [error] * len(batch)
         finally:
             self._account_busy(asyncio.get_running_loop().time())
-            self.rate.completed(len(batch))
+            # Served items only: a handler that fails fast (a backend refusing under overload) must not make
+            # the batcher look faster than the items it actually serves.
+            self.rate.completed(sum(not isinstance(result, BaseException) for result in results))
             self._running_items -= len(batch)
             self._slots.release()  # before delivering: the next batch starts ahead of the callers' wake-ups
         for pending, result in zip(batch, results, strict=True):

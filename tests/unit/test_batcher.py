@@ -244,3 +244,38 @@ async def test_max_queue_time_refuses_callers_without_a_deadline_too() -> None:
     await asyncio.gather(*queued)
     assert await batcher.submit(1) == 10  # the queue drained: admitted again
     await batcher.aclose()
+
+
+async def test_items_that_fail_fast_do_not_count_as_served() -> None:
+    async def refuses_negatives_at_once(items: list[int]) -> list[int | BaseException]:
+        if items[0] < 0:  # a backend refusing under overload: fast, and nothing served
+            return [QueueFull("refused")] * len(items)
+        await asyncio.sleep(0.05)
+        return [i * 10 for i in items]
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        refuses_negatives_at_once, max_batch_size=4, max_wait_s=0.0, max_queue_size=64
+    )
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(i) for i in range(16)))  # served: about 80 items/s
+    await asyncio.gather(*(batcher.submit(-1) for _ in range(48)), return_exceptions=True)
+    assert batcher.rate.per_s == pytest.approx(80, rel=0.5)  # counting the refusals would make it thousands
+    loop = asyncio.get_running_loop()
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(12)]  # ~0.15 s of work ahead
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="overloaded"):
+        batcher.admit(1, deadline=loop.time() + 0.05)
+    await asyncio.gather(*queued)
+    await batcher.aclose()
+
+
+async def test_an_idle_batcher_admits_whatever_rate_it_measured() -> None:
+    batcher = make(Recorder())
+    batcher.rate = ServiceRate()
+    batcher.rate.busy(0.0, False)
+    batcher.rate.busy(10.0, True)  # ten busy seconds, one item served: 0.1 items/s
+    batcher.rate.completed(1)
+    loop = asyncio.get_running_loop()
+    batcher.admit(1, deadline=loop.time() + 0.05)  # nothing ahead: only a run can correct the estimate
+    assert await batcher.submit(2, deadline=loop.time() + 1.0) == 20
+    await batcher.aclose()
