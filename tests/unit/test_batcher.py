@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.core.batcher import DynamicBatcher, ServiceRate
+from services.core.batcher import BatchHandler, DynamicBatcher, ServiceRate
 from services.core.errors import DeadlineExceeded, QueueFull, Unavailable
 
 
@@ -21,7 +21,7 @@ class Recorder:
         return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
 
 
-def make(handler: Recorder, **overrides: object) -> DynamicBatcher[int, int]:
+def make(handler: BatchHandler[int, int], **overrides: object) -> DynamicBatcher[int, int]:
     options: dict = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue_size": 16, **overrides}
     batcher: DynamicBatcher[int, int] = DynamicBatcher(handler, **options)
     batcher.start()
@@ -253,10 +253,7 @@ async def test_items_that_fail_fast_do_not_count_as_served() -> None:
         await asyncio.sleep(0.05)
         return [i * 10 for i in items]
 
-    batcher: DynamicBatcher[int, int] = DynamicBatcher(
-        refuses_negatives_at_once, max_batch_size=4, max_wait_s=0.0, max_queue_size=64
-    )
-    batcher.start()
+    batcher = make(refuses_negatives_at_once, max_wait_s=0.0, max_queue_size=64)
     await asyncio.gather(*(batcher.submit(i) for i in range(16)))  # served: about 80 items/s
     await asyncio.gather(*(batcher.submit(-1) for _ in range(48)), return_exceptions=True)
     assert batcher.rate.per_s == pytest.approx(80, rel=0.5)  # counting the refusals would make it thousands
