@@ -89,8 +89,7 @@ class ServingServer:
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
             ]
-        interceptors = [*tracing.server_interceptors(), StatusInterceptor(self.calls)]  # the span outermost
-        self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        self.server = grpc.aio.server(interceptors=[StatusInterceptor(self.calls)], options=options)
         register(self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.core import errors, wire
+from services.core import errors, tracing, wire
 from services.core.inflight import InflightCalls
 from services.core.logs import CallLog
 
@@ -61,61 +61,70 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         # A method's handler never changes: wrap it once, not on every call.
         wrapped = self._wrapped.get(full_method)
         if wrapped is None:
-            wrapped = self._wrapped[full_method] = self._wrap(handler, full_method.rsplit("/", 1)[-1])
+            wrapped = self._wrapped[full_method] = self._wrap(handler, full_method)
         return wrapped
 
-    def _begin(self, context: grpc.aio.ServicerContext) -> CallLog:
-        metadata = dict(context.invocation_metadata() or ())
-        return self._calls.begin(str(metadata.get(wire.REQUEST_ID, "")), metadata.get(wire.TRACEPARENT))  # type: ignore[arg-type]
+    def _begin(self, metadata: dict[str, Any]) -> CallLog:
+        return self._calls.begin(str(metadata.get(wire.REQUEST_ID, "")), metadata.get(wire.TRACEPARENT))
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
+                self._wrap_unary(handler.unary_unary, full_method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
+                self._wrap_stream(handler.unary_stream, full_method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], full_method: str) -> Callable[..., Awaitable[Any]]:
+        method = full_method.rsplit("/", 1)[-1]
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = self._begin(context)
-            code = grpc.StatusCode.OK
-            try:
-                self._calls.refuse_new_calls()
-                _refuse_undecodable(request)
-                _echo_previous_attempts(context)
-                return await behavior(request, context)
-            except BaseException as error:  # every outcome is counted, then re-raised or mapped
-                code = _code_for(error, context)
-                await _reraise_or_abort(error, code, context, method)
-            finally:
-                self._calls.end(method, code, call)
+            metadata = dict(context.invocation_metadata() or ())
+            with tracing.grpc_server_span(full_method, metadata) as span:  # in force before the call log opens
+                call = self._begin(metadata)
+                code = grpc.StatusCode.OK
+                try:
+                    self._calls.refuse_new_calls()
+                    _refuse_undecodable(request)
+                    _echo_previous_attempts(context)
+                    return await behavior(request, context)
+                except BaseException as error:  # every outcome is counted, then re-raised or mapped
+                    code = _code_for(error, context)
+                    await _reraise_or_abort(error, code, context, method)
+                finally:
+                    tracing.record_grpc_code(span, code)
+                    self._calls.end(method, code, call)
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], full_method: str) -> Callable[..., Any]:
+        method = full_method.rsplit("/", 1)[-1]
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = self._begin(context)
-            code = grpc.StatusCode.OK
-            try:
-                self._calls.refuse_new_calls()
-                _refuse_undecodable(request)
-                _echo_previous_attempts(context)
-                async for response in behavior(request, context):
-                    yield response
-            except BaseException as error:  # every outcome is counted, then re-raised or mapped
-                code = _code_for(error, context)
-                await _reraise_or_abort(error, code, context, method)
-            finally:
-                self._calls.end(method, code, call)
+            metadata = dict(context.invocation_metadata() or ())
+            with tracing.grpc_server_span(full_method, metadata) as span:
+                call = self._begin(metadata)
+                code = grpc.StatusCode.OK
+                try:
+                    self._calls.refuse_new_calls()
+                    _refuse_undecodable(request)
+                    _echo_previous_attempts(context)
+                    async for response in behavior(request, context):
+                        yield response
+                except BaseException as error:  # every outcome is counted, then re-raised or mapped
+                    code = _code_for(error, context)
+                    await _reraise_or_abort(error, code, context, method)
+                finally:
+                    tracing.record_grpc_code(span, code)
+                    self._calls.end(method, code, call)
 
         return stream
 

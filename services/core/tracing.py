@@ -2,28 +2,44 @@
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER,
 OTEL_BSP_* and the other OTEL_* settings apply as the SDK defines them).
 
-On: every call of the project's gRPC services gets a server span (the OpenTelemetry gRPC instrumentation), the
-gateway's HTTP calls too, the gateway's backend calls get client spans that carry the W3C trace context to the
-backends, and the services add spans of the work inside a call (`span_between`). Off: nothing is installed, no
-interceptor and no exporter, and `span_between` returns at once, so tracing costs nothing.
+On: every call of the project's gRPC services gets a server span (`grpc_server_span`, opened by the services' one
+interceptor), the gateway's HTTP calls too, the gateway's backend calls get client spans that carry the W3C trace
+context to the backends (the OpenTelemetry gRPC instrumentation's client interceptors), and the services add spans
+of the work inside a call (`span_between`). Off: no exporter and no client interceptor is installed, and the
+functions here return at once, so tracing costs nothing.
+
+The server spans are the SDK's, named and attributed as the OpenTelemetry gRPC instrumentation names them, but not
+made by its server interceptor, which wraps every call's handler and context anew, sampled or not: at 10% sampling
+and concurrency 32 the classifier kept 0.96 of its untraced throughput this way and 0.91 with that interceptor
+(medians of alternating windows).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
+import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-
-from services.core.wire import SERVED_PREFIXES
+from opentelemetry.trace import Status, StatusCode
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 tracer = trace.get_tracer("ecomserve")
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 _active = False
 
 
@@ -52,16 +68,6 @@ def configure_tracing(service: str) -> bool:
     return True
 
 
-def server_interceptors() -> list[Any]:
-    """The gRPC server interceptor of the project's own services (not health or reflection), when tracing is on."""
-    if not _active:
-        return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
-
-    services = [filters.service_prefix(prefix.lstrip("/")) for prefix in SERVED_PREFIXES]
-    return [aio_server_interceptor(filter_=filters.any_of(*services))]
-
-
 def client_interceptors() -> list[Any]:
     """Client interceptors for the gateway's backend channels: a span per call, the trace context in its metadata."""
     if not _active:
@@ -82,7 +88,7 @@ def current_context() -> otel_context.Context | None:
     return otel_context.get_current() if _active else None
 
 
-@contextmanager
+@contextlib.contextmanager
 def attached(context: otel_context.Context | None) -> Iterator[None]:
     """Make `context` the one in force for the block (a call's, in a task that serves several); as is without."""
     if context is None:
@@ -95,7 +101,7 @@ def attached(context: otel_context.Context | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
-@contextmanager
+@contextlib.contextmanager
 def server_span(name: str, headers: Mapping[str, str]) -> Iterator[None]:
     """A server span for a call that came over HTTP, continuing the caller's W3C trace context."""
     if not _active:
@@ -103,6 +109,34 @@ def server_span(name: str, headers: Mapping[str, str]) -> Iterator[None]:
         return
     with tracer.start_as_current_span(name, context=propagate.extract(headers), kind=trace.SpanKind.SERVER):
         yield
+
+
+def grpc_server_span(full_method: str, metadata: Mapping[str, str]) -> contextlib.AbstractContextManager[Any]:
+    """The server span of a gRPC call ("/package.Service/Method") continuing the W3C trace context in its metadata,
+    in force for the block, with the instrumentation's rpc.* attributes; yields the span (None when tracing is off)
+    for `record_grpc_code`, which records the outcome (an exception raised through it is not one: an abort with
+    INVALID_ARGUMENT is the client's fault)."""
+    if not _active:
+        return contextlib.nullcontext()
+    service, _, method = full_method.lstrip("/").partition("/")
+    return tracer.start_as_current_span(
+        full_method,
+        context=propagate.extract(metadata),
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+def record_grpc_code(span: trace.Span | None, code: grpc.StatusCode) -> None:
+    """A gRPC server span's outcome: its status code, and an error status for the codes that mean the server
+    failed (OpenTelemetry's semantic conventions for gRPC servers)."""
+    if span is None:
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def span_between(

@@ -60,6 +60,8 @@ def test_one_trace_from_the_gateway_through_the_classifiers_batch(
         run = next(s for s in spans if s.span.name == "onnxruntime.run")
         assert client.span.parent_span_id == http.span.span_id
         assert server.span.parent_span_id == client.span.span_id
+        assert server.attributes["rpc.service"] == "ecomserve.classifier.v1.ClassifierService"
+        assert server.attributes["rpc.method"] == "Classify" and server.attributes["rpc.grpc.status_code"] == 0
         assert batch.service == "ecomserve-classifier" and batch.span.parent_span_id == server.span.span_id
         assert batch.attributes["batch.size"] >= 1 and run.span.parent_span_id == batch.span.span_id
         assert 0 < run.attributes["run.padding_efficiency"] <= 1
