@@ -7,6 +7,7 @@ in flight, drained), so that servicers hold no try/except and no metric code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -84,49 +85,40 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], full_method: str) -> Callable[..., Awaitable[Any]]:
-        method = full_method.rsplit("/", 1)[-1]
-
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = dict(context.invocation_metadata() or ())
-            with tracing.grpc_server_span(full_method, metadata) as span:  # in force before the call log opens
-                call = self._begin(metadata)
-                code = grpc.StatusCode.OK
-                try:
-                    self._calls.refuse_new_calls()
-                    _refuse_undecodable(request)
-                    _echo_previous_attempts(context)
-                    return await behavior(request, context)
-                except BaseException as error:  # every outcome is counted, then re-raised or mapped
-                    code = _code_for(error, context)
-                    await _reraise_or_abort(error, code, context, method)
-                finally:
-                    tracing.record_grpc_code(span, code)
-                    self._calls.end(method, code, call)
+            async with self._served(request, context, full_method):
+                return await behavior(request, context)
 
         return unary
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], full_method: str) -> Callable[..., Any]:
-        method = full_method.rsplit("/", 1)[-1]
-
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            metadata = dict(context.invocation_metadata() or ())
-            with tracing.grpc_server_span(full_method, metadata) as span:
-                call = self._begin(metadata)
-                code = grpc.StatusCode.OK
-                try:
-                    self._calls.refuse_new_calls()
-                    _refuse_undecodable(request)
-                    _echo_previous_attempts(context)
-                    async for response in behavior(request, context):
-                        yield response
-                except BaseException as error:  # every outcome is counted, then re-raised or mapped
-                    code = _code_for(error, context)
-                    await _reraise_or_abort(error, code, context, method)
-                finally:
-                    tracing.record_grpc_code(span, code)
-                    self._calls.end(method, code, call)
+            async with self._served(request, context, full_method):
+                async for response in behavior(request, context):
+                    yield response
 
         return stream
+
+    @contextlib.asynccontextmanager
+    async def _served(self, request: Any, context: grpc.aio.ServicerContext, full_method: str) -> AsyncIterator[None]:
+        """Around one call: its server span (when tracing is on), its count and access line, the refusals that
+        come before the servicer runs, and the mapping of whatever it raises to a status."""
+        method = full_method.rsplit("/", 1)[-1]
+        metadata = dict(context.invocation_metadata() or ())
+        with tracing.grpc_server_span(full_method, metadata) as span:  # in force before the call log opens
+            call = self._begin(metadata)
+            code = grpc.StatusCode.OK
+            try:
+                self._calls.refuse_new_calls()
+                _refuse_undecodable(request)
+                _echo_previous_attempts(context)
+                yield
+            except BaseException as error:  # every outcome is counted, then re-raised or mapped
+                code = _code_for(error, context)
+                await _reraise_or_abort(error, code, context, method)
+            finally:
+                tracing.record_grpc_code(span, code)
+                self._calls.end(method, code, call)
 
 
 class UndecodableRequest:
