@@ -1,7 +1,8 @@
 """The one table from domain exceptions to gRPC status codes, applied by the one server interceptor.
 
 The interceptor also counts every call in the service's InflightCalls (requests_total by code, request duration,
-in flight, drained), so that servicers hold no try/except and no metric code.
+in flight, drained) and, when tracing is on, opens its server span, so that servicers hold no try/except, no metric
+code and no tracing code.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def status_of(error: BaseException) -> grpc.StatusCode:
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Maps raised domain errors to statuses (INTERNAL + logged traceback for anything else) and counts every call
-    in `calls` (refused while draining), for the project's own RPCs (health and reflection pass through)."""
+    """Maps raised domain errors to statuses (INTERNAL + logged traceback for anything else), counts every call
+    in `calls` (refused while draining) and traces it, for the project's own RPCs (health and reflection pass
+    through)."""
 
     def __init__(self, calls: InflightCalls) -> None:
         self._calls = calls
