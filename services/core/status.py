@@ -72,40 +72,47 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         deserializer = _tolerant(handler.request_deserializer)
+        method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, full_method),
+                self._wrap_unary(handler.unary_unary, full_method, method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, full_method),
+                self._wrap_stream(handler.unary_stream, full_method, method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], full_method: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], full_method: str, method: str
+    ) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._served(request, context, full_method):
+            async with self._served(request, context, full_method, method):
                 return await behavior(request, context)
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], full_method: str) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], full_method: str, method: str
+    ) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with self._served(request, context, full_method):
+            async with self._served(request, context, full_method, method):
                 async for response in behavior(request, context):
                     yield response
 
         return stream
 
     @contextlib.asynccontextmanager
-    async def _served(self, request: Any, context: grpc.aio.ServicerContext, full_method: str) -> AsyncIterator[None]:
-        """Around one call: its server span (when tracing is on), its count and access line, the refusals that
-        come before the servicer runs, and the mapping of whatever it raises to a status."""
-        method = full_method.rsplit("/", 1)[-1]
+    async def _served(
+        self, request: Any, context: grpc.aio.ServicerContext, full_method: str, method: str
+    ) -> AsyncIterator[None]:
+        """Around one call of `full_method` (`method` its last part): its server span (when tracing is on), its
+        count and access line, the refusals that come before the servicer runs, and the mapping of whatever it
+        raises to a status."""
         metadata = dict(context.invocation_metadata() or ())
         with tracing.grpc_server_span(full_method, metadata) as span:  # in force before the call log opens
             call = self._begin(metadata)
