@@ -31,10 +31,10 @@ END = -1  # every end-of-text id counts as this one token: servers differ in whi
 
 def run(models: Path, name: str, messages: int, tokens: int, peer_url: str | None) -> dict[str, Any]:
     versions = {v: (folder, Manifest.read(folder)) for v, folder in sorted(version_folders(models, name).items())}
-    references = [v for v, (_, manifest) in versions.items() if manifest.quantization.get("method") == "none"]
-    if not references:
+    fp32 = next((v for v, (_, manifest) in versions.items() if manifest.quantization.get("method") == "none"), None)
+    if fp32 is None:
         raise SystemExit(f"no fp32 version of {name!r} under {models}; run `python -m export defaults --out {models}`")
-    folder, manifest = versions[references[0]]
+    folder, manifest = versions[fp32]
     prompts = _prompts(folder, manifest, messages)
     eos = [int(i) for i in manifest.special_tokens.get("eos_token_ids") or []]
     pad = manifest.special_tokens.get("pad_token_id")
@@ -48,14 +48,14 @@ def run(models: Path, name: str, messages: int, tokens: int, peer_url: str | Non
     reference = greedy(folder)
     report: dict[str, Any] = {
         "model": name,
-        "reference": f"v{references[0]} (fp32)",
+        "reference": f"v{fp32} (fp32)",
         "prompts": len(prompts),
         "greedy_tokens": tokens,
         "served_at_least": MIN_GENERATOR_AGREEMENT,
         "versions": {},
     }
     for version, (version_folder, version_manifest) in versions.items():
-        if version == references[0]:
+        if version == fp32:
             continue
         method = version_manifest.quantization.get("method", "none")
         report["versions"][f"v{version}"] = {"method": method, **_compare(greedy(version_folder), reference)}
