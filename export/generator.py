@@ -25,7 +25,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from export import gguf_blocks, quantize, sources
+from export import decoder_graph, gguf_blocks, quantize, sources
 from export.errors import ExportError
 from export.package import choose_version, earlier_export
 from export.pipeline import OPSET, write_version
@@ -48,7 +48,8 @@ QUANTIZE_CHOICES = (*QUANTIZERS, *GGUF_TRANSCODES)
 # The decode step the manifest times: batch sizes of one stream and of a loaded server, over this much context.
 TIMED_BATCHES, TIMED_PAST_TOKENS, TIMED_STEPS = (1, 16), 64, 8
 # Part of the digest that lets `export defaults` skip a model exported before: a new graph layout is re-exported.
-GRAPH_REVISION = 2  # 2: logits of the last position only, grouped-query attention without repeat_kv
+GRAPH_REVISION = 3  # 2: logits of the last position only, grouped-query attention without repeat_kv; 3: built
+# graphs (export/decoder_graph.py) for the architectures it supports
 GROUPED_QUERY_ATTENTION = "ecomserve_grouped_query"
 # Architectures whose attention is transformers' standard eager attention, so the grouped form may replace it.
 GROUPED_QUERY_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -183,12 +184,18 @@ class _DecoderSteps:
         self.layers, self.pad_id, self.eos_ids = _describe(model, tokenizer)
         self.module = _DecoderWithCache(model, self.layers).eval()
         self.graph = _GraphNames(self.layers)
-        self.kv_shape: list[int] = []  # set by trace
+        self.kv_shape: list[int] = []  # set by trace, with how the graph was made and its opset
+        self.graph_kind, self.opset = "traced", OPSET
         self.greedy: _GreedyReference | None = None  # set by check
         self.has_chat_template = False  # set by save_files
 
     def trace(self, path: Path) -> None:
-        self.kv_shape = _trace(self.module, self.model, self.graph, path)
+        if decoder_graph.supports(self.model.config):
+            with step("writing the decoder as an ONNX graph (opset 23 attention and rotary embedding)"):
+                decoder_graph.build(self.model, self.graph.past, self.graph.present, path)
+            self.kv_shape, self.opset, self.graph_kind = _kv_shape(self.model), decoder_graph.OPSET, "built"
+        else:
+            self.kv_shape = _trace(self.module, self.model, self.graph, path)
 
     def check(self, fp32_path: Path) -> dict[str, Any]:
         fp32 = _OnnxDecoder(fp32_path, self.layers)
@@ -222,7 +229,8 @@ class _DecoderSteps:
                 "eos_token": tokenizer.eos_token,
                 "chat_template": CHAT_TEMPLATE_FILE if self.has_chat_template else None,
             },
-            "decoder": self.graph.description(self.kv_shape),
+            "decoder": {**self.graph.description(self.kv_shape), "graph": self.graph_kind},
+            "opset": self.opset,
         }
 
     def summary(self) -> str:
@@ -292,6 +300,13 @@ def _trace(module: torch.nn.Module, model: Any, graph: _GraphNames, path: Path) 
             dynamo=False,
         )
     return list(args[3].shape)
+
+
+def _kv_shape(model: Any) -> list[int]:
+    """The shape of one layer's cache for a batch of one over one token: [1, kv_heads, 1, head_dim]."""
+    with torch.no_grad():
+        probe = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).past_key_values
+    return list(probe.layers[0].keys.shape)
 
 
 @dataclass(frozen=True)
@@ -470,9 +485,7 @@ def _max_positions(config: Any) -> int:
 
 def _tracing_inputs(model: Any, layers: int) -> tuple[torch.Tensor, ...]:
     """A batch of two with a left-padded row and a non-empty past, so no shape is specialised while tracing."""
-    with torch.no_grad():
-        probe = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).past_key_values
-    _, kv_heads, _, head_dim = probe.layers[0].keys.shape
+    _, kv_heads, _, head_dim = _kv_shape(model)
     past_len = 3
     input_ids = torch.tensor([[5, 6], [7, 8]], dtype=torch.long)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.long)

@@ -30,7 +30,8 @@ class ExportSteps(Protocol):
         """The tokenizer (and chat template) the services load."""
 
     def manifest_fields(self) -> dict[str, Any]:
-        """What the graph is: max_sequence_length, inputs, outputs, special tokens and the task's own fields."""
+        """What the graph is: max_sequence_length, inputs, outputs, special tokens and the task's own fields (and
+        its opset, when not OPSET)."""
 
     def summary(self) -> str:
         """A few words for the closing log line, e.g. "157 labels"."""
@@ -54,8 +55,7 @@ def write_version(
             quantization=quantization,
             parity=parity,
             tool_versions=tool_versions(),
-            opset=OPSET,
-            **steps.manifest_fields(),
+            **{"opset": OPSET, **steps.manifest_fields()},
             **fields,
         )
         manifest.write(stage)

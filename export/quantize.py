@@ -27,6 +27,7 @@ def quantize_int8_per_channel(source: Path, target: Path) -> str:
 
 def quantize_int8_decoder(source: Path, target: Path) -> str:
     """Dynamic int8 over the MatMuls of a decoder (the embedding Gather stays fp32)."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with step("quantizing to int8 (dynamic, MatMul)"):
@@ -36,6 +37,8 @@ def quantize_int8_decoder(source: Path, target: Path) -> str:
             per_channel=True,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
+            # ONNX's shape inference knows no types after onnxruntime's own ops (a built decoder's norms).
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
     return INT8_DYNAMIC
 

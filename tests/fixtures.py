@@ -125,17 +125,29 @@ def write_bpe_tokenizer(folder: Path) -> None:
 
 
 def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """A 2-layer random-weight Llama (grouped-query attention) or GPT-2 with a byte-level BPE tokenizer."""
+    """A 2-layer random-weight Llama or Qwen2 (grouped-query attention; Qwen2's with q/k/v biases) or GPT-2, with a
+    byte-level BPE tokenizer."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_bpe_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     special = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
-    if architecture == "llama":
-        config = LlamaConfig(
+    if architecture in ("llama", "qwen2"):
+        config_class, model_class = (
+            (LlamaConfig, LlamaForCausalLM) if architecture == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        )
+        config = config_class(
             vocab_size=len(tokenizer),
             hidden_size=32,
             intermediate_size=64,
@@ -145,7 +157,7 @@ def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
             max_position_embeddings=512,
             **special,
         )
-        model: torch.nn.Module = LlamaForCausalLM(config)
+        model: torch.nn.Module = model_class(config)
     else:
         model = GPT2LMHeadModel(
             GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256, **special)
