@@ -31,7 +31,9 @@ class GeneratorApp(ModelService[GeneratorModel]):
         # Before the decode threads exist: the KV cache is copied into new arrays whenever the batch changes.
         reuse_freed_memory(RETAINED_FREE_MB)
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
-        self._runtime = RuntimeOptions(device=config.device, intra_op_threads=config.intra_op_threads)
+        self._runtime = RuntimeOptions(
+            device=config.device, intra_op_threads=config.intra_op_threads, spin=config.spin_threads
+        )
         self._budgets = SchedulerBudgets(
             max_running_sequences=config.max_running_sequences,
             max_batch_total_tokens=config.max_batch_total_tokens,

@@ -38,6 +38,11 @@ class GeneratorConfig(ModelServerConfig):
         "tokens (a chat template's system prompt, a template's instructions, a conversation so far); 0 disables it",
     )
     intra_op_threads: int = knob(0, "onnxruntime intra-op threads (0: one per core)")
+    spin_threads: bool = knob(
+        True,
+        "onnxruntime's intra-op threads spin between a step's parallel sections instead of sleeping: faster steps, "
+        "cores kept busy while decoding (--no-spin-threads: leave them to other processes)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
