@@ -75,7 +75,8 @@ class _Builder:
 
     def decoder(self, past_names: list[str], present_names: list[str]) -> list[Any]:
         inner = self.model.model
-        embedded = self._node("Gather", [self._weight("embed_tokens", inner.embed_tokens.weight), "input_ids"])
+        head = self._weight("lm_head", self.model.lm_head.weight.T)
+        embedded = self._embedding(inner.embed_tokens.weight, head)
         first_norm = self._weight("layers.0.input_norm", inner.layers[0].input_layernorm.weight)
         hidden = self._node(
             "SimplifiedLayerNormalization", [embedded, first_norm], axis=-1, epsilon=float(self.config.rms_norm_eps)
@@ -94,9 +95,17 @@ class _Builder:
                 hidden, residual = self._add_and_norm(mlp, residual, f"layers.{index + 1}.input_norm", following)
         # Only the last position's logits are wanted: slice before the last norm and the vocabulary product.
         final, _ = self._add_and_norm(self._last_position(mlp), self._last_position(residual), "norm", inner.norm)
-        head = self.model.lm_head.weight
-        self._node("MatMul", [final, self._weight("lm_head", head.T)], outputs=["logits"], name="lm_head")
+        self._node("MatMul", [final, head], outputs=["logits"], name="lm_head")
         return self.nodes
+
+    def _embedding(self, table: Any, head: str) -> str:
+        """The input tokens' rows of the embedding table [batch, sequence, hidden]. A model whose output layer is
+        its embedding table (tied, as SmolLM2's) gathers the columns of the output layer's [hidden, vocab] weight
+        instead of keeping the same values twice."""
+        if table.data_ptr() != self.model.lm_head.weight.data_ptr():
+            return self._node("Gather", [self._weight("embed_tokens", table), "input_ids"])
+        columns = self._node("Gather", [head, "input_ids"], axis=1)  # [hidden, batch, sequence]
+        return self._node("Transpose", [columns], perm=[1, 2, 0])
 
     def _attention(
         self, name: str, attention: Any, hidden: str, bias: str, rotary: tuple[str, str], cache: tuple[str, ...]

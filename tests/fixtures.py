@@ -125,8 +125,8 @@ def write_bpe_tokenizer(folder: Path) -> None:
 
 
 def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """A 2-layer random-weight Llama or Qwen2 (grouped-query attention; Qwen2's with q/k/v biases) or GPT-2, with a
-    byte-level BPE tokenizer."""
+    """A 2-layer random-weight Llama or Qwen2 (grouped-query attention; Qwen2's with q/k/v biases and its output
+    layer tied to the embedding table) or GPT-2, with a byte-level BPE tokenizer."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -155,6 +155,7 @@ def build_causal_lm(folder: Path, architecture: str, seed: int = 0) -> Path:
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=512,
+            tie_word_embeddings=architecture == "qwen2",
             **special,
         )
         model: torch.nn.Module = model_class(config)

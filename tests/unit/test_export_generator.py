@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -21,6 +22,11 @@ def test_decoder_export_with_kv_cache(tmp_path: Path, causal_lms: dict[str, Path
     # Llama-family decoders are written as ONNX opset 23 graphs; others are traced from PyTorch.
     built = architecture != "gpt2"
     assert (manifest.decoder["graph"], manifest.opset) == (("built", 23) if built else ("traced", 17))
+    if built:  # a tied output layer (the Qwen2 fixture's) is stored once, for the embedding lookup too
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        vocab = manifest.outputs[0].shape[-1]
+        tables = [i.name for i in graph.initializer if vocab in i.dims]
+        assert len(tables) == (1 if architecture == "qwen2" else 2)
     assert manifest.task == "text-generation"
     assert manifest.padding_side == "left"
     assert manifest.sha256 == sha256_of(folder / "model.onnx")
