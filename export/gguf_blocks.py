@@ -13,6 +13,10 @@ dequantized GGUF tensor of a supported type is replaced by MatMulNBits over the 
   has no fp32-compute kernel for 8 bits (it dequantizes on every call: 6x slower than the fp32 MatMul), so Q8_0
   tensors are transcoded only for int8 compute and otherwise stay as their dequantized fp32 values.
 
+Weights of one type multiplied with the same input (a Llama layer's q, k and v projections; its gate and up
+projections) become one MatMulNBits, split into their outputs: the same arithmetic per output column, in fewer and
+wider products (a SmolLM2 decode step with fp32 compute: 13.7 instead of 15.6 ms at batch 1).
+
 Compute: "fp32" (accuracy_level 1) multiplies with the exact weights in fp32; "int8" (accuracy_level 4) also
 quantizes the activations to int8 per block, which is faster and no longer exact. Weights stored as F16/F32, and
 quantized types without an exact MatMulNBits form (K-quants, Q5), stay as the fp32 graph has them.
@@ -63,13 +67,18 @@ def transcode(gguf_path: Path, source: Path, target: Path, compute: str) -> dict
         weights = _matmul_weights(model)
         transcoded: Counter[str] = Counter()
         kept: Counter[str] = Counter()
+        # Products of one input by weights of one type become one MatMulNBits (a layer's q, k and v projections;
+        # its gate and up projections): fewer, wider products, the same per-column arithmetic.
+        by_input: dict[tuple[str, str], list[tuple[Any, _Blocks]]] = {}
         for digest, kind, blocks in _quantized_tensors(gguf_path, weights, compute):
             nodes = weights.pop(digest, []) if blocks is not None else []
             for node in nodes:
-                _replace(model, node, blocks, COMPUTE_ACCURACY_LEVELS[compute])
+                by_input.setdefault((node.input[0], kind), []).append((node, blocks))
             (transcoded if nodes else kept)[kind] += 1
         if not transcoded:
             raise ExportError(f"{gguf_path.name}: no MatMul weight of the graph is a Q4_0, Q4_1 or Q8_0 tensor")
+        for products in by_input.values():
+            _replace(model, products, COMPUTE_ACCURACY_LEVELS[compute])
         _drop_unused_initializers(model)
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         onnx.save(model, str(target))
@@ -161,18 +170,22 @@ def _half(pairs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pairs).view(np.float16)[..., 0].astype(np.float32)
 
 
-def _replace(model: Any, node: Any, blocks: _Blocks, accuracy_level: int) -> None:
-    """Swap `node` (MatMul x @ W) for MatMulNBits over the blocks, plus Q4_1's per-block offsets."""
+def _replace(model: Any, products: list[tuple[Any, _Blocks]], accuracy_level: int) -> None:
+    """Swap MatMul nodes x @ W of one input (with their weights' blocks) for one MatMulNBits over all the blocks,
+    plus Q4_1's per-block offsets, and a Split into the nodes' outputs when there are several."""
     from onnx import helper, numpy_helper
 
-    base = node.name.strip("/").replace("/", "_") or node.output[0]
-    x, y = node.input[0], node.output[0]
+    nodes = [node for node, _ in products]
+    blocks = _concatenated([b for _, b in products])
+    base = nodes[0].name.strip("/").replace("/", "_") or nodes[0].output[0]
+    x = nodes[0].input[0]
+    y = nodes[0].output[0] if len(nodes) == 1 else f"{base}.packed"
     added = [
         numpy_helper.from_array(blocks.packed, f"{base}.blocks"),
         numpy_helper.from_array(blocks.scales, f"{base}.scales"),
     ]
     product = f"{y}.blocks" if blocks.offsets is not None else y
-    nodes = [
+    new_nodes = [
         helper.make_node(
             "MatMulNBits",
             [x, f"{base}.blocks", f"{base}.scales"],
@@ -189,17 +202,40 @@ def _replace(model: Any, node: Any, blocks: _Blocks, accuracy_level: int) -> Non
     if blocks.offsets is not None:
         sums = _block_sums_name(model, blocks.depth)
         added.append(numpy_helper.from_array(blocks.offsets, f"{base}.offsets"))
-        nodes += [
+        new_nodes += [
             helper.make_node("MatMul", [x, sums], [f"{y}.block_sums"], name=f"{base}.block_sums"),
             helper.make_node("MatMul", [f"{y}.block_sums", f"{base}.offsets"], [f"{y}.offsets"], name=f"{base}.offs"),
             helper.make_node("Add", [product, f"{y}.offsets"], [y], name=f"{base}.add"),
         ]
+    if len(nodes) > 1:
+        widths = np.array([b.rows for _, b in products], np.int64)
+        added.append(numpy_helper.from_array(widths, f"{base}.widths"))
+        outputs = [node.output[0] for node in nodes]
+        new_nodes.append(helper.make_node("Split", [y, f"{base}.widths"], outputs, name=f"{base}.split", axis=-1))
     model.graph.initializer.extend(added)
     graph_nodes = model.graph.node
-    at = list(graph_nodes).index(node)
-    graph_nodes.remove(node)
-    for offset, new in enumerate(nodes):
+    # Every node of the group reads the same input, so the first one's place comes after it and before any reader
+    # of their outputs.
+    at = min(list(graph_nodes).index(node) for node in nodes)
+    for node in nodes:
+        graph_nodes.remove(node)
+    for offset, new in enumerate(new_nodes):
         graph_nodes.insert(at + offset, new)
+
+
+def _concatenated(parts: list[_Blocks]) -> _Blocks:
+    """The blocks of several weights of one input as one weight of all their output rows."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [p.offsets for p in parts if p.offsets is not None]  # all or none: the parts are of one type
+    return _Blocks(
+        parts[0].kind,
+        sum(p.rows for p in parts),
+        parts[0].depth,
+        np.concatenate([p.packed for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        np.ascontiguousarray(np.concatenate(offsets, axis=1)) if offsets else None,
+    )
 
 
 def _block_sums_name(model: Any, depth: int) -> str:
