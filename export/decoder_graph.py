@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 OPSET = 23
+PROTOBUF_LIMIT_BYTES = 2_000_000_000
 # transformers' configurations this graph reproduces: rotary attention without a sliding window, RMS norms,
 # a SiLU-gated MLP, and optional q/k/v biases (qwen2).
 ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -61,7 +62,9 @@ def build(model: Any, past_names: list[str], present_names: list[str], path: Pat
     opsets = [onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid("com.microsoft", 1)]
     onnx_model = onnx.helper.make_model(onnx_graph, opset_imports=opsets, producer_name="ecomserve.export")
     onnx_model.ir_version = 10
-    onnx.save(onnx_model, str(path))
+    # A protobuf holds at most 2 GB: larger models keep their weights in a file next to the graph, as a trace does.
+    large = sum(i.ByteSize() for i in graph.initializers) > PROTOBUF_LIMIT_BYTES
+    onnx.save(onnx_model, str(path), save_as_external_data=large, location=f"{path.name}.data")
 
 
 class _Builder:
