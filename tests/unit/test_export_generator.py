@@ -106,3 +106,16 @@ def test_cli_generator_export_and_version_increment(tmp_path: Path, causal_lms: 
     assert run_cli(*base, "--quantize", "int8").returncode == 0
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["1", "2"]
     assert Manifest.read(tmp_path / "g" / "2").quantization["method"] == "int8-dynamic"
+
+
+def test_a_written_decoder_over_the_protobuf_limit_keeps_its_weights_beside_it(
+    tmp_path: Path, causal_lms: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import decoder_graph
+
+    monkeypatch.setattr(decoder_graph, "PROTOBUF_LIMIT_BYTES", 1000)  # the tiny model stands for a 2 GB one
+    manifest, folder = export_generator(GeneratorExport(model=str(causal_lms["llama"]), name="lm", out=tmp_path))
+    assert manifest.parity["greedy_identical_to_generate"] is True
+    assert (folder / "model.fp32.onnx.data").is_file()
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in graph.initializer)
