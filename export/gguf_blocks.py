@@ -67,8 +67,7 @@ def transcode(gguf_path: Path, source: Path, target: Path, compute: str) -> dict
         weights = _matmul_weights(model)
         transcoded: Counter[str] = Counter()
         kept: Counter[str] = Counter()
-        # Products of one input by weights of one type become one MatMulNBits (a layer's q, k and v projections;
-        # its gate and up projections): fewer, wider products, the same per-column arithmetic.
+        # One product per input and GGUF type (see above: q/k/v, gate/up).
         by_input: dict[tuple[str, str], list[tuple[Any, _Blocks]]] = {}
         for digest, kind, blocks in _quantized_tensors(gguf_path, weights, compute):
             nodes = weights.pop(digest, []) if blocks is not None else []
