@@ -32,8 +32,13 @@ def supports(config: Any) -> bool:
         and getattr(config, "hidden_act", None) == "silu"
         and not getattr(config, "sliding_window", None)
         and not getattr(config, "mlp_bias", False)
-        and getattr(config, "head_dim", None) in (None, config.hidden_size // config.num_attention_heads)
+        and getattr(config, "head_dim", None) in (None, _head_dim(config))
     )
+
+
+def _head_dim(config: Any) -> int:
+    """The width of one attention head: the hidden size shared out among the query heads."""
+    return int(config.hidden_size // config.num_attention_heads)
 
 
 def build(model: Any, past_names: list[str], present_names: list[str], path: Path) -> None:
@@ -43,8 +48,7 @@ def build(model: Any, past_names: list[str], present_names: list[str], path: Pat
     graph = _Builder(model)
     nodes = graph.decoder(past_names, present_names)
     config = model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = config.hidden_size // heads
+    kv_heads, head_dim = config.num_key_value_heads, _head_dim(config)
     batch_past = ["batch", kv_heads, "past_sequence", head_dim]
     batch_total = ["batch", kv_heads, "total_sequence", head_dim]
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
@@ -183,7 +187,7 @@ class _Builder:
         import torch
 
         positions = int(self.config.max_position_embeddings)
-        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        head_dim = _head_dim(self.config)
         probe = torch.zeros(1, 1, head_dim)
         with torch.no_grad():
             cos, sin = self.model.model.rotary_emb(probe, torch.arange(positions)[None])
