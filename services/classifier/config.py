@@ -55,7 +55,7 @@ class ClassifierConfig(ModelServerConfig):
     intra_op_threads: int = knob(
         0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )
-    tokenizer_threads: int = knob(1, "threads that tokenize requests off the event loop")
+    tokenizer_threads: int = knob(1, "threads that tokenize requests of over 1,000 characters off the event loop")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from tokenizers import Tokenizer
 
-from services.core.encoder import BatchedEncoder, BatchingOptions
+from services.core.encoder import INLINE_TOKENIZE_CHARS, BatchedEncoder, BatchingOptions
 from services.core.errors import InvalidArgument
 from services.core.manifest import Manifest
 from services.core.repository import ModelVersion
@@ -28,8 +28,22 @@ from tests.onnx_reference import run_alone
 SERVICES = (f"unit-encoder-{n}" for n in itertools.count())
 
 
+class CountingPool(ThreadPoolExecutor):
+    """A tokenizer pool that counts the jobs it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.jobs = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.jobs += 1
+        return super().submit(*args, **kwargs)
+
+
 @asynccontextmanager
-async def running_encoder(folder: Path, **batching: Any) -> AsyncIterator[tuple[BatchedEncoder, str]]:
+async def running_encoder(
+    folder: Path, pool: ThreadPoolExecutor | None = None, **batching: Any
+) -> AsyncIterator[tuple[BatchedEncoder, str]]:
     manifest = Manifest.read(folder)
     version = ModelVersion(manifest.name, manifest.version, folder, manifest)
     options = BatchingOptions(
@@ -37,7 +51,7 @@ async def running_encoder(folder: Path, **batching: Any) -> AsyncIterator[tuple[
         | batching
     )
     service = next(SERVICES)
-    pool = ThreadPoolExecutor(1)
+    pool = pool or ThreadPoolExecutor(1)
     failures: list[str] = []
     encoder = BatchedEncoder(
         service, version, OnnxRunner(version.model_path, RuntimeOptions("cpu")), options, pool, failures.append
@@ -107,6 +121,22 @@ async def test_over_long_text_is_refused_or_truncated_as_asked(model_repo: Path)
         [short, cut] = await encoder.encode(["hello", long_text], True, None)
     assert not short.truncated
     assert cut.truncated and cut.token_count == limit
+
+
+async def test_short_requests_are_tokenized_on_the_loop_and_long_ones_in_the_pool(model_repo: Path) -> None:
+    folder = model_repo / "sentiment" / "1"
+    pool = CountingPool()
+    long_texts = [f"{text} " * (INLINE_TOKENIZE_CHARS // len(text)) for text in TEXTS[:2]]
+    assert sum(map(len, TEXTS[:3])) <= INLINE_TOKENIZE_CHARS < sum(map(len, long_texts))
+    async with running_encoder(folder, pool, max_queue_delay_ms=0.0) as (encoder, _):
+        short = await encoder.encode(TEXTS[:3], False, None)
+        assert pool.jobs == 0
+        long = await encoder.encode(long_texts, True, None)
+        assert pool.jobs == 1
+    for text, encoded in zip(TEXTS[:3], short, strict=True):
+        np.testing.assert_allclose(encoded.output, run_alone(folder, text), atol=1e-5)
+    limit = Manifest.read(folder).max_sequence_length
+    assert all(encoded.truncated and encoded.token_count == limit for encoded in long)
 
 
 def batches_of(service: str, encoder: BatchedEncoder) -> tuple[float, float]:
