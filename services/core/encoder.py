@@ -13,9 +13,9 @@ busy and ends as soon as possible. The graph is run for the first output its man
 The cost follows the load: a single-text request that finds nothing queued or running in the batcher and an
 inference thread free is tokenized and run on that thread in one hand-off, as the batch of one the batcher would
 have made of it at that moment, without the batcher's hand-offs (loop -> tokenizer thread -> loop -> batcher ->
-inference thread -> loop). When it is the only run, it runs on a session of its own that uses every core (the
-batches' runs use one core each, side by side), so a lone request is as fast as the hardware allows. Concurrent
-requests find the threads or the batcher busy and batch as before.
+inference thread -> loop). When it is the only run and the request before it ran alone too, it runs on a session
+of its own that uses every core (the batches' runs use one core each, side by side), so a lone request is as fast
+as the hardware allows. Concurrent requests find the threads or the batcher busy and batch as before.
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ class BatchedEncoder:
         # the thread when its run ends (even when the caller left earlier).
         self._direct_slots = threading.Semaphore(batching.inference_threads)
         self._direct_runs = 0  # of them, awaited now (the loop's count: a lone one may use the solo runner)
+        # Requests in a row that ran alone: the solo runner's threads keep spinning after a run, which helps the next
+        # lone request and slows the batches that follow one between batches, so it waits for a second lone request.
+        self._lone_requests = 0
         self._failures = FailureStreak(self._label, "batches", on_fatal)
         # A text's scores must not depend on the texts it is batched with: models that quantize activations per
         # run get a run of their own for every text (the batch's runs still spread over the inference threads).
@@ -202,6 +205,7 @@ class BatchedEncoder:
         self.batcher.admit(len(texts), deadline)  # an overloaded replica refuses before it spends work
         if len(texts) == 1 and self.batcher.idle and self._direct_slots.acquire(blocking=False):
             return [await self._encode_directly(texts[0], truncate)]
+        self._lone_requests = 0
         trace = tracing.current_context()
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
             tokenized = self._tokenize(texts, truncate, trace)
@@ -215,8 +219,9 @@ class BatchedEncoder:
 
     async def _encode_directly(self, text: str, truncate: bool) -> EncodedText:
         """With a direct slot taken: the text on an inference thread, on the solo runner when no other direct run
-        is going on."""
-        runner = self._solo_runner if self._direct_runs == 0 and self._solo_runner is not None else self.runner
+        is going on and the request before ran alone too."""
+        self._lone_requests = self._lone_requests + 1 if self._direct_runs == 0 else 0
+        runner = self._solo_runner if self._lone_requests > 1 and self._solo_runner is not None else self.runner
         self._direct_runs += 1
         loop = asyncio.get_running_loop()
         try:

@@ -40,9 +40,21 @@ class CountingPool(ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
+class CountingRunner(OnnxRunner):
+    """A runner that counts its runs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, RuntimeOptions("cpu"))
+        self.runs = 0
+
+    def run(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        self.runs += 1
+        return super().run(*args, **kwargs)
+
+
 @asynccontextmanager
 async def running_encoder(
-    folder: Path, pool: ThreadPoolExecutor | None = None, **batching: Any
+    folder: Path, pool: ThreadPoolExecutor | None = None, solo_runner: OnnxRunner | None = None, **batching: Any
 ) -> AsyncIterator[tuple[BatchedEncoder, str]]:
     manifest = Manifest.read(folder)
     version = ModelVersion(manifest.name, manifest.version, folder, manifest)
@@ -53,9 +65,8 @@ async def running_encoder(
     service = next(SERVICES)
     pool = pool or ThreadPoolExecutor(1)
     failures: list[str] = []
-    encoder = BatchedEncoder(
-        service, version, OnnxRunner(version.model_path, RuntimeOptions("cpu")), options, pool, failures.append
-    )
+    runner = OnnxRunner(version.model_path, RuntimeOptions("cpu"))
+    encoder = BatchedEncoder(service, version, runner, options, pool, failures.append, solo_runner=solo_runner)
     await asyncio.to_thread(encoder.warm_up)
     encoder.start_serving()
     try:
@@ -167,3 +178,21 @@ async def test_a_lone_text_runs_at_once_and_concurrent_texts_still_batch(model_r
         assert batches < 1.0 + len(TEXTS)
     for text, [encoded] in zip(TEXTS, answers, strict=True):
         np.testing.assert_allclose(encoded.output, run_alone(folder, text), atol=1e-5)
+
+
+async def test_the_solo_runner_waits_for_a_second_lone_request_in_a_row(model_repo: Path) -> None:
+    """Its threads spin on after a run: good for the next lone request, bad for batches that follow one that found
+    the server idle between batches."""
+    folder = model_repo / "sentiment" / "1"
+    solo = CountingRunner(folder / "model.onnx")
+    async with running_encoder(folder, solo_runner=solo) as (encoder, _):
+        solo.runs = 0  # warm-up ran it once
+        await encoder.encode([TEXTS[0]], False, None)
+        assert solo.runs == 0
+        [row] = await encoder.encode([TEXTS[1]], False, None)
+        assert solo.runs == 1
+        await asyncio.gather(*(encoder.encode([text], False, None) for text in TEXTS))  # some of these batch
+        runs_after_burst = solo.runs
+        await encoder.encode([TEXTS[0]], False, None)
+        assert solo.runs == runs_after_burst
+    np.testing.assert_allclose(row.output, run_alone(folder, TEXTS[1]), atol=1e-5)
