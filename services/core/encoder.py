@@ -134,8 +134,9 @@ class BatchedEncoder:
         # the thread when its run ends (even when the caller left earlier).
         self._direct_slots = threading.Semaphore(batching.inference_threads)
         self._direct_runs = 0  # of them, awaited now (the loop's count: a lone one may use the solo runner)
-        # Requests in a row that ran alone: the solo runner's threads keep spinning after a run, which helps the next
-        # lone request and slows the batches that follow one between batches, so it waits for a second lone request.
+        # Requests in a row that ran alone. The solo runner's threads spin on after a run: that speeds up the next
+        # lone request, but slows a batch that starts right after (under load a request may find the server idle
+        # between two batches). So only the second lone request in a row takes the solo runner.
         self._lone_requests = 0
         self._failures = FailureStreak(self._label, "batches", on_fatal)
         # A text's scores must not depend on the texts it is batched with: models that quantize activations per
