@@ -215,7 +215,8 @@ def _replace(model: Any, products: list[tuple[Any, _Blocks]], accuracy_level: in
     graph_nodes = model.graph.node
     # Every node of the group reads the same input, so the first one's place comes after it and before any reader
     # of their outputs.
-    at = min(list(graph_nodes).index(node) for node in nodes)
+    order = list(graph_nodes)
+    at = min(order.index(node) for node in nodes)
     for node in nodes:
         graph_nodes.remove(node)
     for offset, new in enumerate(new_nodes):
