@@ -37,6 +37,10 @@ MAX_RECONNECT_BACKOFF_MS = 2_000
 # A replaced channel (rotated TLS files) stays open this long for the calls still on it (streams included).
 CHANNEL_CLOSE_GRACE_S = 300.0
 RENEW_CONNECT_S = 10.0
+# When one of several replicas dies, the channel can pass through a moment with no READY replica while another
+# still serves (CI saw hundreds of calls refused in one). New calls wait this long for a replica before the
+# backend counts as down and its calls fail at once.
+OUTAGE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,9 @@ class Backend:
         self._rpcs = self._rpcs_of(self.channel)
         self._renewed = asyncio.Event()
         self._retiring: set[asyncio.Task[None]] = set()  # replaced channels closing after their calls
-        self.ready = False
+        self.ready = False  # what probes see: a replica is SERVING, or was less than OUTAGE_GRACE_S ago
+        self._serving = asyncio.Event()  # set while the channel is READY
+        self._unready_since = 0.0  # event-loop time the channel last left READY
         metrics.BACKEND_READY.labels(name).set(0)
 
     def _open_channel(self) -> grpc.aio.Channel:
@@ -208,10 +214,18 @@ class Backend:
         retiring.add_done_callback(self._retiring.discard)
 
     async def watch(self, on_change: Callable[[], Awaitable[None]]) -> None:
-        """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled."""
+        """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled. The backend
+        stops being ready only once the channel has been without a READY replica for OUTAGE_GRACE_S."""
+        loop = asyncio.get_running_loop()
         while True:
             state = self.channel.get_state(try_to_connect=True)
-            ready = state is grpc.ChannelConnectivity.READY
+            if state is grpc.ChannelConnectivity.READY:
+                self._serving.set()
+            elif self._serving.is_set():
+                self._serving.clear()
+                self._unready_since = loop.time()
+            grace_left = self._unready_since + OUTAGE_GRACE_S - loop.time()
+            ready = self._serving.is_set() or (self.ready and grace_left > 0)
             if ready != self.ready:
                 self.ready = ready
                 metrics.BACKEND_READY.labels(self.name).set(int(ready))
@@ -225,8 +239,11 @@ class Backend:
                 await on_change()
             changed = asyncio.ensure_future(self.channel.wait_for_state_change(state))
             renewed = asyncio.ensure_future(self._renewed.wait())
+            in_grace = self.ready and not self._serving.is_set()
             try:
-                await asyncio.wait({changed, renewed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {changed, renewed}, timeout=grace_left if in_grace else None, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 changed.cancel()
                 renewed.cancel()
@@ -234,7 +251,7 @@ class Backend:
 
     async def unary(self, method: str, request: Any, call: CallContext) -> Any:
         """Call the unary RPC `method` of the backend's service."""
-        self._refuse_unless_ready(method)
+        await self._wait_for_serving(method, call)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -253,7 +270,7 @@ class Backend:
 
     async def stream(self, method: str, request: Any, call: CallContext) -> AsyncIterator[Any]:
         """Call the server-streaming RPC `method` of the backend's service."""
-        self._refuse_unless_ready(method)
+        await self._wait_for_serving(method, call)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         rpc = self._rpcs[method]
@@ -279,11 +296,19 @@ class Backend:
             retiring.cancel()
         await self.channel.close()
 
-    def _refuse_unless_ready(self, method: str) -> None:
-        """Fail fast while no replica is SERVING: a call would only wait for connection attempts and retries."""
-        if not self.ready:
-            self._record(method, grpc.StatusCode.UNAVAILABLE, time.perf_counter())
-            raise errors.Unavailable(f"the {self.name} backend has no SERVING replica; retry later")
+    async def _wait_for_serving(self, method: str, call: CallContext) -> None:
+        """Fail fast while the backend is down: a call would only wait for connection attempts and retries. In the
+        grace after the channel lost its last READY replica, wait for one to come back (within the deadline)."""
+        if self._serving.is_set():
+            return
+        if self.ready:
+            grace_left = self._unready_since + OUTAGE_GRACE_S - asyncio.get_running_loop().time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._serving.wait(), min(grace_left, self.remaining_time(call)))
+            if self._serving.is_set():
+                return
+        self._record(method, grpc.StatusCode.UNAVAILABLE, time.perf_counter())
+        raise errors.Unavailable(f"the {self.name} backend has no SERVING replica; retry later")
 
     def remaining_time(self, call: CallContext) -> float:
         """Seconds the backend may take for `call`: its deadline less the margin (or the default timeout)."""
