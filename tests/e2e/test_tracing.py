@@ -42,6 +42,10 @@ def test_one_trace_from_the_gateway_through_the_classifiers_batch(
         for process in (classifier, generator, gateway):
             process.wait_serving()
 
+        unsampled = "5bd66ef5095369c7b0d1f8f4bd33716a"  # the caller did not sample it: neither do the services
+        headers = {"traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"}
+        reply = http_client.call(f"{gateway.http}/v1/route-message", {"message": "refund"}, API_KEY, **headers)
+        assert reply.status == 200, reply.body
         headers = {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01", "x-request-id": "traced-1"}
         reply = http_client.call(f"{gateway.http}/v1/route-message", {"message": "where is my order"}, API_KEY,
                                  **headers)  # fmt: skip
@@ -65,6 +69,7 @@ def test_one_trace_from_the_gateway_through_the_classifiers_batch(
         assert batch.service == "ecomserve-classifier" and batch.span.parent_span_id == server.span.span_id
         assert batch.attributes["batch.size"] >= 1 and run.span.parent_span_id == batch.span.span_id
         assert 0 < run.attributes["run.padding_efficiency"] <= 1
+        assert receiver.spans(unsampled) == []  # it was answered before the sampled call, whose spans all came
 
         draft = {"message": "where is my order", "maxWords": 10, "seed": "2"}
         other = "1af7651916cd43dd8448eb211c80319c"
