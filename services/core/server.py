@@ -51,7 +51,8 @@ class ServingServer:
     call `refresh_health()` when it changes. `credentials` serve TLS instead of plaintext. `max_connection_age_s`
     closes each client connection after that long (GOAWAY; calls on it get `grace_s` to finish), so clients that
     resolve replicas through DNS reconnect and find new ones. Larger requests than `max_receive_bytes` get
-    RESOURCE_EXHAUSTED from gRPC itself.
+    RESOURCE_EXHAUSTED from gRPC itself; calls past `max_inflight_calls` at once (0: no limit) get it from the
+    interceptor.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class ServingServer:
         max_connection_age_s: float = 0.0,
         grace_s: float = 30.0,
         max_receive_bytes: int = wire.MAX_MESSAGE_BYTES,
+        max_inflight_calls: int = 0,
     ) -> None:
         self.service = service
         self._service_names = list(service_names)
@@ -73,7 +75,7 @@ class ServingServer:
         self._ready = ready
         self._credentials = credentials
         self._serving = False
-        self.calls = InflightCalls(service)
+        self.calls = InflightCalls(service, max_inflight_calls)
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),

@@ -85,6 +85,7 @@ class GatewayApp:
             ready=lambda: all(backend.ready for backend in self.backends),
             credentials=configured_credentials(config.tls_cert_file, config.tls_key_file),
             max_receive_bytes=config.max_request_bytes,
+            max_inflight_calls=config.max_inflight_calls,
         )
         self._ssl_context = _ssl_context(config)
         self.http = self._http_bridge(classifier, generator) if config.http_port >= 0 else None

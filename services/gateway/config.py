@@ -82,6 +82,12 @@ class GatewayConfig:
         "response is closed (idle keep-alive and slow senders alike)",
     )
     http_max_connections: int = knob(1000, "open HTTP connections at most; past it a new one gets 503 and is closed")
+    max_inflight_calls: int = knob(
+        256,
+        "calls worked on at once, gRPC and HTTP, streams included; past it a call gets RESOURCE_EXHAUSTED (HTTP 429) "
+        "at once, which bounds the gateway's memory under overload (raise it for many generator replicas' streams; "
+        "0: no limit)",
+    )
     max_text_chars: int = knob(4000, "longest customer message or text, in characters")
     max_texts_per_request: int = knob(
         64,
@@ -136,6 +142,7 @@ class GatewayConfig:
         require(self.http_body_timeout_s > 0, f"http_body_timeout_s must be > 0, got {self.http_body_timeout_s}")
         require(self.http_idle_timeout_s > 0, f"http_idle_timeout_s must be > 0, got {self.http_idle_timeout_s}")
         require(self.http_max_connections >= 1, f"http_max_connections must be >= 1, got {self.http_max_connections}")
+        require(self.max_inflight_calls >= 0, f"max_inflight_calls must be >= 0, got {self.max_inflight_calls}")
         require(self.max_text_chars >= 1, f"max_text_chars must be >= 1, got {self.max_text_chars}")
         require(self.max_texts_per_request >= 1, "max_texts_per_request must be >= 1")
         require(self.route_max_calls >= 0, f"route_max_calls must be >= 0, got {self.route_max_calls}")
