@@ -216,15 +216,14 @@ class Backend:
     async def watch(self, on_change: Callable[[], Awaitable[None]]) -> None:
         """Follow the channel's connectivity (it is READY while a replica is SERVING) until cancelled. The backend
         stops being ready only once the channel has been without a READY replica for OUTAGE_GRACE_S."""
-        loop = asyncio.get_running_loop()
         while True:
             state = self.channel.get_state(try_to_connect=True)
             if state is grpc.ChannelConnectivity.READY:
                 self._serving.set()
             elif self._serving.is_set():
                 self._serving.clear()
-                self._unready_since = loop.time()
-            grace_left = self._unready_since + OUTAGE_GRACE_S - loop.time()
+                self._unready_since = asyncio.get_running_loop().time()
+            grace_left = self._grace_left()
             ready = self._serving.is_set() or (self.ready and grace_left > 0)
             if ready != self.ready:
                 self.ready = ready
@@ -302,13 +301,16 @@ class Backend:
         if self._serving.is_set():
             return
         if self.ready:
-            grace_left = self._unready_since + OUTAGE_GRACE_S - asyncio.get_running_loop().time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._serving.wait(), min(grace_left, self.remaining_time(call)))
+                await asyncio.wait_for(self._serving.wait(), min(self._grace_left(), self.remaining_time(call)))
             if self._serving.is_set():
                 return
         self._record(method, grpc.StatusCode.UNAVAILABLE, time.perf_counter())
         raise errors.Unavailable(f"the {self.name} backend has no SERVING replica; retry later")
+
+    def _grace_left(self) -> float:
+        """Seconds left of OUTAGE_GRACE_S since the channel last left READY (<= 0 once it has passed)."""
+        return self._unready_since + OUTAGE_GRACE_S - asyncio.get_running_loop().time()
 
     def remaining_time(self, call: CallContext) -> float:
         """Seconds the backend may take for `call`: its deadline less the margin (or the default timeout)."""
