@@ -189,7 +189,11 @@ def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
     stream = jobs.stub.WriteMarketingCopy(
         marketing(channel="email_body", variants=8, maxWords=300, seed="5"), metadata=AUTH, timeout=120
     )
-    next(stream)
+    started = set()
+    for response in stream:  # every variant is running on the generator once it has sent a piece
+        started.add(response.variant)
+        if len(started) == 8:
+            break
     stream.cancel()
     deadline = time.monotonic() + 15
     while cancelled_sequences(jobs.generator_metrics_port) < before + 8:
