@@ -35,7 +35,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 tracer = trace.get_tracer("ecomserve")
@@ -85,8 +85,10 @@ class FinishedSpans:
     """Makes spans of work that is already over and hands them straight to the exporting processor."""
 
     def __init__(self, provider: TracerProvider, processor: SpanProcessor) -> None:
+        from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+        self._span_class: type[ReadableSpan] = ReadableSpan  # imported once here, not on every span
         self._processor = processor
         self._resource = provider.resource
         self._new_span_id = provider.id_generator.generate_span_id
@@ -94,13 +96,11 @@ class FinishedSpans:
 
     def add(self, name: str, parent: SpanContext, start_ns: int, end_ns: int, attributes: Attributes) -> SpanContext:
         """A span under `parent` (a sampled span's context) from `start_ns` to `end_ns`; returns its context."""
-        from opentelemetry.sdk.trace import ReadableSpan
-
         context = SpanContext(
             parent.trace_id, self._new_span_id(), is_remote=False, trace_flags=parent.trace_flags,
             trace_state=parent.trace_state,
         )  # fmt: skip
-        span = ReadableSpan(
+        span = self._span_class(
             name, context, parent, self._resource, attributes,
             start_time=start_ns, end_time=end_ns, instrumentation_scope=self._scope,
         )  # fmt: skip
