@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,16 +39,18 @@ class ClassifierModel(BatchedEncoder):
         return [self._top(text.output, top_k, text.token_count, text.truncated) for text in encoded]
 
     def _top(self, probabilities: np.ndarray, top_k: int, length: int, truncated: bool) -> Classification:
+        # In Python, not numpy: numpy's sorts release the interpreter lock even for a row of a few hundred labels,
+        # and on the event loop each release lets an inference thread take the lock in between. Measured in the
+        # server at concurrency 32 (157 labels, top 3): 42-61 us of CPU and 105-175 us on the loop per text with
+        # numpy, 25 and 32 us this way.
         labels = self.labels
-        count = len(labels) if top_k == 0 else min(top_k, len(labels))
-        if count < len(labels):
-            best = np.argpartition(-probabilities, count - 1)[:count]
-            order = best[np.argsort(-probabilities[best], kind="stable")]
+        row = probabilities.tolist()
+        indices = range(len(row))
+        if top_k == 0 or top_k >= len(row):
+            order = sorted(indices, key=row.__getitem__, reverse=True)
         else:
-            order = np.argsort(-probabilities, kind="stable")
-        return Classification(
-            labels=[(labels[i], float(probabilities[i])) for i in order], token_count=length, truncated=truncated
-        )
+            order = heapq.nlargest(top_k, indices, key=row.__getitem__)
+        return Classification(labels=[(labels[i], row[i]) for i in order], token_count=length, truncated=truncated)
 
 
 @dataclass(frozen=True)

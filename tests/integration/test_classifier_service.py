@@ -52,6 +52,17 @@ async def test_classify_returns_ranked_labels_and_the_answering_version(classifi
         assert abs(sum(label.score for label in pinned.results[0].labels) - 1.0) < 1e-5
 
 
+async def test_top_k_labels_are_the_head_of_the_full_ranking(classifier) -> None:
+    async with classifier() as app, stub_for(app) as stub:
+        for text in TEXTS:
+            ranked = (await stub.Classify(pb.ClassifyRequest(model="intent", texts=[text], top_k=0))).results[0]
+            scores = [label.score for label in ranked.labels]
+            assert scores == sorted(scores, reverse=True)
+            for top_k in (1, 3):
+                best = (await stub.Classify(pb.ClassifyRequest(model="intent", texts=[text], top_k=top_k))).results[0]
+                assert list(best.labels) == list(ranked.labels[:top_k])
+
+
 @pytest.mark.parametrize(("model", "version"), [("sentiment", 1), ("intent", 1), ("intent", 2)])
 async def test_batched_results_equal_unbatched_onnxruntime(classifier, model_repo: Path, model, version) -> None:
     """fp32 models and the dynamically quantized int8 `intent` v2 alike: batched, padded or alone, a text scores
