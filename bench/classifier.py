@@ -4,7 +4,7 @@ unbatched server on the same model, in one run.
 (a) in-process onnxruntime at its best batch size over the workload texts (bench.export_limits),
 (b) the service at concurrency 1, 8, 32 and 64 (single-text requests, closed loop), in windows that alternate with
 (p) a plain unbatched grpc.aio server (bench.plain_server: tokenize and run in the default executor, nothing else)
-    at the same concurrency, PASSES times each,
+    at the same concurrency, PASSES times each, the two taking turns to go first,
 (c) the same service with max_batch_size=1 at concurrency 32, and for reference also with one single-text batch
     per core in flight (the unbatched service at its best on this machine).
 Targets: against (p), throughput >= 1.0x at concurrency 1 with p50 at most 0.3 ms above it, >= 1.3x at 32 and 64,
@@ -50,10 +50,12 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
         service("services.classifier", *flags) as address,
         service("bench.plain_server", "--models", str(models), "--name", name) as plain_address,
     ):
-        for _ in range(PASSES):
+        for index in range(PASSES):
             for c in CONCURRENCIES:
-                served[str(c)].append(load(address, c, "(b) ecomserve"))
-                plain[str(c)].append(load(plain_address, c, "(p) plain server"))
+                # The servers take turns to go first, so that a drift of this VM's speed favours neither.
+                pair = [(served, address, "(b) ecomserve"), (plain, plain_address, "(p) plain server")]
+                for results, target, what in pair if index % 2 == 0 else pair[::-1]:
+                    results[str(c)].append(load(target, c, what))
     with service("services.classifier", *flags, "--max-batch-size", "1") as address:
         unbatched = load(address, 32, "(c) max_batch_size 1")
     cores = str(os.cpu_count() or 1)
