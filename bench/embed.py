@@ -1,7 +1,8 @@
 """Embedding benchmark (JSON): the served `minilm-embed` model's Embed against the in-process limit of the same
 graph, in one run.
 
-(a) in-process onnxruntime at every batch size over the workload texts (bench.export_limits),
+(a) in-process onnxruntime at every batch size over the workload texts (bench.export_limits), measured before and
+    after (b), each batch size at its best of the two,
 (b) the classifier service's Embed at concurrency 1 and 32 (single-text requests, closed loop).
 The highest version is measured, as served by default. A batch-invariant service runs a dynamically quantized
 model (the default v2) one text per run, so its reference is (a) at batch 1; an fp32 model batches, and its
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.export_limits import classifier_limits
+from bench.export_limits import best_of, classifier_limits
 from bench.load import LoadOptions, run_load
 from bench.targets import benchmark_main, check, highest_version
 from export.defaults import EMBED
@@ -28,7 +29,7 @@ CONCURRENCIES = (1, 32)
 def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
     version, folder, manifest = highest_version(models, name)
     print(f"[bench] (a) in-process limit of {name} v{version}", file=sys.stderr, flush=True)
-    limit = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
+    limit_before = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
     flags = ["--models", str(models), "--model-names", name, "--metrics-port", "0", "--log-level", "warning"]
 
     def load(address: str, concurrency: int) -> dict[str, Any]:
@@ -40,6 +41,9 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
 
     with service("services.classifier", *flags) as address:
         served = {str(c): load(address, c) for c in CONCURRENCIES}
+    print(f"[bench] (a) in-process limit of {name} v{version}, again", file=sys.stderr, flush=True)
+    limit_after = classifier_limits(folder, manifest, seconds=max(2.0, seconds / 3), threads=0)
+    limit = best_of(limit_before, limit_after)
     one_text_per_run = manifest.quantizes_activations_per_run
     reference = limit["batches"]["1"]["sequences_per_s"] if one_text_per_run else limit["best_sequences_per_s"]
     return {
@@ -47,6 +51,7 @@ def run(models: Path, name: str, seconds: float) -> dict[str, Any]:
         "quantization": manifest.quantization.get("method", "none"),
         "reference": "in-process at batch 1 (one text per run)" if one_text_per_run else "in-process at its best batch",
         "limit_in_process": limit,
+        "limit_in_process_before_and_after": [limit_before, limit_after],
         "served": served,
         "targets": {"c32_vs_reference": check(served["32"]["throughput_rps"] / reference, ">=", 0.90)},
     }
