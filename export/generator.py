@@ -90,11 +90,11 @@ class _DecoderWithCache(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 
@@ -305,7 +305,7 @@ def _trace(module: torch.nn.Module, model: Any, graph: _GraphNames, path: Path) 
 def _kv_shape(model: Any) -> list[int]:
     """The shape of one layer's cache for a batch of one over one token: [1, kv_heads, 1, head_dim]."""
     with torch.no_grad():
-        probe = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).past_key_values
+        probe = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).cache
     return list(probe.layers[0].keys.shape)
 
 
