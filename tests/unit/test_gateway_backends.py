@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -46,9 +46,9 @@ async def replica() -> AsyncIterator[tuple[Backend, health.aio.HealthServicer]]:
     await server.stop(None)
 
 
-async def until(condition: object, timeout_s: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
 
