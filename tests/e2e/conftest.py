@@ -168,9 +168,14 @@ def metric_value(metrics_port: int, name: str, **labels: str) -> float:
     )
 
 
+def finished_sequences(metrics_port: int, **finish_reason: str) -> float:
+    """The generator's count of sequences that ended (for one `finish_reason=...`, or for any reason)."""
+    return metric_value(metrics_port, "ecomserve_finished_sequences_total", **finish_reason)
+
+
 def cancelled_sequences(metrics_port: int) -> float:
     """The generator's count of sequences that ended cancelled (their caller went away)."""
-    return metric_value(metrics_port, "ecomserve_finished_sequences_total", finish_reason="cancelled")
+    return finished_sequences(metrics_port, finish_reason="cancelled")
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
