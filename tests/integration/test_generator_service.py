@@ -353,7 +353,9 @@ async def test_chat_messages_use_the_chat_template(generator, causal_lms: dict[s
 async def test_cancelling_a_stream_frees_its_slot(generator) -> None:
     async with generator(max_running_sequences=1) as app, generator_stub_for(app) as stub:
         cancelled_before = metric("ecomserve_finished_sequences_total", finish_reason="cancelled")
-        call = stub.GenerateStream(request(prompt=PROMPTS[0], max_new_tokens=250, temperature=1.0, seed=1))
+        # Greedy runs the whole 250 tokens (seed 1 at temperature 1.0 ends of itself after 62): a busy machine may
+        # be slow to cancel, and a generation that ended first would leave nothing to cancel.
+        call = stub.GenerateStream(request(prompt=PROMPTS[0], max_new_tokens=250, temperature=0.0))
         received = 0
         async for _ in call:
             received += 1
@@ -372,7 +374,9 @@ async def test_cancelling_a_stream_frees_its_slot(generator) -> None:
 async def test_waiting_requests_are_bounded(generator) -> None:
     async with generator(max_running_sequences=1, max_waiting_requests=1) as app, generator_stub_for(app) as stub:
         _, model = app.registry.get("llama")
-        running = stub.GenerateStream(request(prompt=PROMPTS[0], max_new_tokens=250, temperature=1.0, seed=2))
+        # Greedy: it runs the whole 250 tokens (seed 2 at temperature 1.0 ends of itself after 98) and so holds
+        # the only slot while the waiting room fills.
+        running = stub.GenerateStream(request(prompt=PROMPTS[0], max_new_tokens=250, temperature=0.0))
         await running.read()
         waiting = asyncio.ensure_future(stub.Generate(request(prompt=PROMPTS[1], max_new_tokens=2)))
         for _ in range(200):
