@@ -36,7 +36,9 @@ class ClassifierConfig(ModelServerConfig):
         "longer than this at the measured rate (0: no limit but the request's own deadline, which always applies)",
     )
     max_concurrent_batches: int = knob(
-        1, "batches in flight per model (the next one forms while they run); their runs share the inference threads"
+        2,
+        "batches in flight per model (the next one forms while they run); their runs share the inference threads, "
+        "so a second batch keeps them busy while the first one's answers go out and new texts arrive",
     )
     max_texts_per_request: int = knob(64, "most texts in one Classify request")
     run_overhead_tokens: float = knob(
