@@ -51,6 +51,7 @@ class ClassifierApp(ModelService[BatchedEncoder]):
             max_concurrent_batches=config.max_concurrent_batches,
             max_queue_time_s=config.max_queue_time_s,
             inference_threads=inference_threads,
+            pin_inference_threads=config.pin_inference_threads,
             run_overhead_tokens=config.run_overhead_tokens,
             batch_invariant=config.batch_invariant,
         )

@@ -54,6 +54,12 @@ class ClassifierConfig(ModelServerConfig):
     inference_threads: int = knob(
         0, "threads that run a batch's onnxruntime runs in parallel, per model (0: one per core; 1 on a GPU)"
     )
+    pin_inference_threads: bool = knob(
+        True,
+        "when there are exactly as many inference threads as CPUs this process may use (a cpuset or a machine of its "
+        "own), pin each thread to one of them, so that the scheduler never stacks two on one core "
+        "(--no-pin-inference-threads: let them float)",
+    )
     intra_op_threads: int = knob(
         0, "onnxruntime intra-op threads per run (0: the cores shared out among inference_threads)"
     )

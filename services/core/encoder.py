@@ -39,7 +39,7 @@ from services.core.errors import InvalidArgument, ModelFailure
 from services.core.manifest import TOKENIZER_FILE
 from services.core.padding import length_groups, spread
 from services.core.repository import ModelVersion
-from services.core.runner import FailureStreak, OnnxRunner, inference_thread_priority
+from services.core.runner import FailureStreak, InferenceThreads, OnnxRunner
 
 log = logging.getLogger(__name__)
 WARMUP_TEXT = "warming up the encoder with a sentence of moderate length"
@@ -59,6 +59,7 @@ class BatchingOptions:
     max_concurrent_batches: int
     max_queue_time_s: float = 0.0
     inference_threads: int = 1
+    pin_inference_threads: bool = False
     run_overhead_tokens: float = 0.0  # 0: measured at warm-up
     batch_invariant: bool = True
 
@@ -126,8 +127,9 @@ class BatchedEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_length)
         self._tokenize_pool = tokenize_pool
+        self._threads = InferenceThreads(batching.inference_threads, batching.pin_inference_threads)
         self._infer_pool = ThreadPoolExecutor(
-            batching.inference_threads, thread_name_prefix="onnx", initializer=inference_thread_priority
+            batching.inference_threads, thread_name_prefix="onnx", initializer=self._threads.initializer
         )
         self._inference_threads = batching.inference_threads
         # Inference threads free for a single-text request outside the batcher: taken on the loop, given back by
@@ -250,6 +252,8 @@ class BatchedEncoder:
             [(item, truncated)] = self._tokenize([text], truncate, trace)
             started = time.perf_counter()
             self._record_batch([item], started)
+            if runner is self._solo_runner:
+                self._threads.float_freely()
             [row], timing = self._timed_forward([item], runner)
             metrics.INFERENCE_RUNS.labels(*self._labels).inc()
             _trace_batch([item], [[0]], [timing], started)
@@ -337,6 +341,7 @@ class BatchedEncoder:
     ) -> None:
         """On an inference thread: onnxruntime runs taken from `waiting` until it is empty, each output and timing
         stored at its run's index and recorded in the run metrics."""
+        self._threads.pin()
         runs = 0
         while True:
             try:

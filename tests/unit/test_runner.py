@@ -1,0 +1,59 @@
+"""The inference threads' setup: lower priority, and one CPU each when they match the CPUs the process may use."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from services.core.runner import INFERENCE_NICENESS, InferenceThreads
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
+
+
+def each_threads_cpus_and_niceness(threads: int, pin: bool) -> list[tuple[frozenset[int], int]]:
+    """Start `threads` pool threads with the setup and report, from inside each, its CPUs and its niceness."""
+    all_started = threading.Barrier(threads)
+
+    def report() -> tuple[frozenset[int], int]:
+        all_started.wait(timeout=10)  # every thread of the pool exists (and ran the initializer) before any reports
+        return frozenset(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    with ThreadPoolExecutor(threads, initializer=InferenceThreads(threads, pin).initializer) as pool:
+        return list(pool.map(lambda _: report(), range(threads)))
+
+
+def test_as_many_threads_as_allowed_cpus_take_one_cpu_each() -> None:
+    allowed = os.sched_getaffinity(0)
+    reports = each_threads_cpus_and_niceness(len(allowed), pin=True)
+    assert sorted(cpus for cpus, _ in reports) == sorted(frozenset({cpu}) for cpu in allowed)
+    # niceness is per thread and absolute: a process already nicer than that keeps its own (raising needs privilege)
+    assert {niceness for _, niceness in reports} == {max(INFERENCE_NICENESS, os.getpriority(os.PRIO_PROCESS, 0))}
+
+
+@pytest.mark.parametrize("extra_threads, pin", [(1, True), (0, False)])
+def test_threads_float_over_every_allowed_cpu_otherwise(extra_threads: int, pin: bool) -> None:
+    allowed = frozenset(os.sched_getaffinity(0))
+    reports = each_threads_cpus_and_niceness(len(allowed) + extra_threads, pin=pin)
+    assert {cpus for cpus, _ in reports} == {allowed}
+
+
+def test_a_pinned_thread_floats_for_a_run_on_every_core_until_pinned_again() -> None:
+    allowed = frozenset(os.sched_getaffinity(0))
+    threads = InferenceThreads(len(allowed), pin=True)
+    all_started = threading.Barrier(len(allowed))
+
+    def float_then_pin() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+        all_started.wait(timeout=10)
+        pinned = frozenset(os.sched_getaffinity(0))
+        threads.float_freely()
+        floating = frozenset(os.sched_getaffinity(0))
+        threads.pin()
+        return pinned, floating, frozenset(os.sched_getaffinity(0))
+
+    with ThreadPoolExecutor(len(allowed), initializer=threads.initializer) as pool:
+        reports = list(pool.map(lambda _: float_then_pin(), range(len(allowed))))
+    assert sorted(pinned for pinned, _, _ in reports) == sorted(frozenset({cpu}) for cpu in allowed)
+    assert all(floating == allowed and again == pinned for pinned, floating, again in reports)
