@@ -13,7 +13,7 @@ import logging
 import ssl
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -28,9 +28,10 @@ class _Refusal(asyncio.Protocol):
     """What a connection past the cap gets: a 503 and a close, without reading anything."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(OVERLOADED)
-        transport.close()
+        # A TCP server's transport writes; uvloop's are not asyncio.Transport subclasses, so no isinstance check.
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(OVERLOADED)
+        writer.close()
 
 
 class _ClientMistakesLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -276,4 +277,11 @@ def serve_main(
             return STARTUP_EXIT_CODE
         return await run_until_signal(app.server, load=app.load, close=app.close, grace_s=config.grace_period_s)
 
-    return asyncio.run(serve())
+    with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+        return runner.run(serve())
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The serving loop's factory: uvloop's (its callbacks, timers and socket handling cost the loop thread less
+    per gRPC call), or asyncio's own. grpc.aio and aiohttp run on either."""
+    return uvloop.new_event_loop if name == "uvloop" else asyncio.new_event_loop

@@ -16,6 +16,7 @@ import grpc
 
 from services.core import metrics
 from services.core.config import (
+    event_loop_knob,
     knob,
     log_format_knob,
     log_level_knob,
@@ -73,6 +74,7 @@ class ModelServerConfig:
     )
     log_level: str = log_level_knob()
     log_format: str = log_format_knob()
+    event_loop: str = event_loop_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

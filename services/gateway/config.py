@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.config import (
+    event_loop_knob,
     knob,
     log_format_knob,
     log_level_knob,
@@ -126,6 +127,7 @@ class GatewayConfig:
     grace_period_s: float = knob(30.0, "on SIGTERM, how long in-flight requests (streams too) may take to finish")
     log_level: str = log_level_knob()
     log_format: str = log_format_knob()
+    event_loop: str = event_loop_knob()
 
     def __post_init__(self) -> None:
         require_server_knobs(self)

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import pytest
 from ecomserve.classifier.v1 import classifier_pb2 as pb
 from ecomserve.classifier.v1 import classifier_pb2_grpc
 
@@ -15,10 +16,13 @@ from services.dev.launcher import wait_serving
 from tests.integration.conftest import spawned_service
 
 
-async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_sigterm_under_load_completes_every_accepted_request(model_repo: Path, event_loop: str) -> None:
     with spawned_service(
         "services.classifier",
         model_repo,
+        "--event-loop",
+        event_loop,
         "--max-queue-delay-ms",
         "20",
         "--grace-period-s",
@@ -42,6 +46,7 @@ async def test_sigterm_under_load_completes_every_accepted_request(model_repo: P
         assert process.wait(timeout=30) == 0
         log = process.stderr.read().decode() if process.stderr else ""
         assert "draining" in log
+        assert f"event_loop = {event_loop}" in log  # the effective configuration, as logged at start
 
 
 async def test_sigterm_while_callers_keep_sending_to_a_full_queue_answers_every_call(model_repo: Path) -> None:
