@@ -70,14 +70,16 @@ class InferenceThreads:
         priority after their last run) and a lone request's p99 rose from 6 to 16 ms; pinned again right after
         each such run, it waited for that core to be free."""
         if self._pinned.cpu is not None and not self._pinned.floating:
-            os.sched_setaffinity(0, self._allowed)
             self._pinned.floating = True
+            with contextlib.suppress(OSError):  # the CPUs were taken away meanwhile: the run goes on where it is
+                os.sched_setaffinity(0, self._allowed)
 
     def pin(self) -> None:
         """On an inference thread, before a batch's runs: back on its own CPU, if it has one and floats."""
         if self._pinned.floating and self._pinned.cpu is not None:
-            os.sched_setaffinity(0, {self._pinned.cpu})
             self._pinned.floating = False
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {self._pinned.cpu})
 
 
 class _ThreadPin(threading.local):

@@ -28,7 +28,7 @@ def each_threads_cpus_and_niceness(threads: int, pin: bool) -> list[tuple[frozen
 def test_as_many_threads_as_allowed_cpus_take_one_cpu_each() -> None:
     allowed = os.sched_getaffinity(0)
     reports = each_threads_cpus_and_niceness(len(allowed), pin=True)
-    assert sorted(cpus for cpus, _ in reports) == sorted(frozenset({cpu}) for cpu in allowed)
+    assert sorted(sorted(cpus) for cpus, _ in reports) == [[cpu] for cpu in sorted(allowed)]
     # niceness is per thread and absolute: a process already nicer than that keeps its own (raising needs privilege)
     assert {niceness for _, niceness in reports} == {max(INFERENCE_NICENESS, os.getpriority(os.PRIO_PROCESS, 0))}
 
@@ -55,5 +55,5 @@ def test_a_pinned_thread_floats_for_a_run_on_every_core_until_pinned_again() -> 
 
     with ThreadPoolExecutor(len(allowed), initializer=threads.initializer) as pool:
         reports = list(pool.map(lambda _: float_then_pin(), range(len(allowed))))
-    assert sorted(pinned for pinned, _, _ in reports) == sorted(frozenset({cpu}) for cpu in allowed)
+    assert sorted(sorted(pinned) for pinned, _, _ in reports) == [[cpu] for cpu in sorted(allowed)]
     assert all(floating == allowed and again == pinned for pinned, floating, again in reports)
