@@ -188,8 +188,9 @@ def test_bad_marketing_requests(jobs: Jobs, fields: dict, code: grpc.StatusCode,
 
 def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
     # Some variants of this seed end of themselves after about 100 tokens, a fraction of a second: on a busy machine
-    # the caller may leave later than that, and such an attempt shows nothing about them. Attempts are repeated
-    # until every variant was still running when the caller left; then every one must have been stopped.
+    # the caller may leave later than that (beside a busy process, often after all 8 had ended). Such variants show
+    # nothing; every variant still running when the caller left must be stopped. An attempt in which none was
+    # running, or one ended of itself while the leaving reached the generator, is repeated.
     port = jobs.generator_metrics_port
     for _ in range(ATTEMPTS):
         cancelled_before, ended_before = cancelled_sequences(port), finished_sequences(port)
@@ -202,14 +203,18 @@ def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
             if len(started) == VARIANTS:
                 break
         stream.cancel()
+        # Ended of themselves by now: ended for any reason, less those already stopped for the caller's leaving.
+        running_when_left = VARIANTS - (
+            finished_sequences(port) - ended_before - (cancelled_sequences(port) - cancelled_before)
+        )
         wait_until(
             lambda before=ended_before: finished_sequences(port) >= before + VARIANTS,
             "variants went on after their caller left",
             15,
         )
-        if cancelled_sequences(port) - cancelled_before == VARIANTS:
+        if running_when_left and cancelled_sequences(port) - cancelled_before == running_when_left:
             return
-    pytest.fail(f"in {ATTEMPTS} attempts, the caller's leaving never stopped all {VARIANTS} variants")
+    pytest.fail(f"in {ATTEMPTS} attempts, the caller's leaving never stopped the variants still running")
 
 
 REVIEWS = [
