@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 
 from services.core.runner import INFERENCE_NICENESS, InferenceThreads
 
+T = TypeVar("T")
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
 
 
-def each_threads_cpus_and_niceness(threads: int, pin: bool) -> list[tuple[frozenset[int], int]]:
-    """Start `threads` pool threads with the setup and report, from inside each, its CPUs and its niceness."""
-    all_started = threading.Barrier(threads)
+def in_every_thread(count: int, threads: InferenceThreads, probe: Callable[[], T]) -> list[T]:
+    """Start a pool of `count` threads set up by `threads` and run `probe` once in each of them."""
+    all_started = threading.Barrier(count)
 
-    def report() -> tuple[frozenset[int], int]:
-        all_started.wait(timeout=10)  # every thread of the pool exists (and ran the initializer) before any reports
-        return frozenset(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def probed() -> T:
+        all_started.wait(timeout=10)  # every thread of the pool exists (and ran the initializer) before any probes
+        return probe()
 
-    with ThreadPoolExecutor(threads, initializer=InferenceThreads(threads, pin).initializer) as pool:
-        return list(pool.map(lambda _: report(), range(threads)))
+    with ThreadPoolExecutor(count, initializer=threads.initializer) as pool:
+        return list(pool.map(lambda _: probed(), range(count)))
+
+
+def each_threads_cpus_and_niceness(count: int, pin: bool) -> list[tuple[frozenset[int], int]]:
+    """From inside each of `count` inference threads: its CPUs and its niceness."""
+    return in_every_thread(
+        count,
+        InferenceThreads(count, pin),
+        lambda: (frozenset(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+    )
 
 
 def test_as_many_threads_as_allowed_cpus_take_one_cpu_each() -> None:
@@ -43,17 +55,14 @@ def test_threads_float_over_every_allowed_cpu_otherwise(extra_threads: int, pin:
 def test_a_pinned_thread_floats_for_a_run_on_every_core_until_pinned_again() -> None:
     allowed = frozenset(os.sched_getaffinity(0))
     threads = InferenceThreads(len(allowed), pin=True)
-    all_started = threading.Barrier(len(allowed))
 
     def float_then_pin() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
-        all_started.wait(timeout=10)
         pinned = frozenset(os.sched_getaffinity(0))
         threads.float_freely()
         floating = frozenset(os.sched_getaffinity(0))
         threads.pin()
         return pinned, floating, frozenset(os.sched_getaffinity(0))
 
-    with ThreadPoolExecutor(len(allowed), initializer=threads.initializer) as pool:
-        reports = list(pool.map(lambda _: float_then_pin(), range(len(allowed))))
+    reports = in_every_thread(len(allowed), threads, float_then_pin)
     assert sorted(sorted(pinned) for pinned, _, _ in reports) == [[cpu] for cpu in sorted(allowed)]
     assert all(floating == allowed and again == pinned for pinned, floating, again in reports)
