@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from bench.load import DEFAULT_MODELS, GATEWAY_METHODS
 from services.dev.launcher import free_port
 from services.gateway.config import PACKAGE_DIR
+from services.generator.sequence import FinishReason
 from tests.e2e import http_client
 from tests.e2e.conftest import (
     API_KEY,
@@ -186,6 +187,11 @@ def test_bad_marketing_requests(jobs: Jobs, fields: dict, code: grpc.StatusCode,
     assert mentions in reply.body["error"]["message"]
 
 
+def ended_of_themselves(metrics_port: int) -> float:
+    """The generator's count of sequences that finished (length, stop sequence, end of text), not cut short."""
+    return sum(finished_sequences(metrics_port, finish_reason=reason.value) for reason in FinishReason)
+
+
 def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
     # Some variants of this seed end of themselves after about 100 tokens, a fraction of a second: on a busy machine
     # the caller may leave later than that (beside a busy process, often after all 8 had ended). Such variants show
@@ -194,6 +200,7 @@ def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
     port = jobs.generator_metrics_port
     for _ in range(ATTEMPTS):
         cancelled_before, ended_before = cancelled_sequences(port), finished_sequences(port)
+        natural_before = ended_of_themselves(port)
         stream = jobs.stub.WriteMarketingCopy(
             marketing(channel="email_body", variants=VARIANTS, maxWords=300, seed="5"), metadata=AUTH, timeout=120
         )
@@ -203,10 +210,8 @@ def test_a_caller_that_goes_away_stops_every_variant(jobs: Jobs) -> None:
             if len(started) == VARIANTS:
                 break
         stream.cancel()
-        # Ended of themselves by now: ended for any reason, less those already stopped for the caller's leaving.
-        running_when_left = VARIANTS - (
-            finished_sequences(port) - ended_before - (cancelled_sequences(port) - cancelled_before)
-        )
+        # Counted by their own finish reasons: cancellations counted meanwhile do not change this figure.
+        running_when_left = VARIANTS - (ended_of_themselves(port) - natural_before)
         wait_until(
             lambda before=ended_before: finished_sequences(port) >= before + VARIANTS,
             "variants went on after their caller left",
