@@ -1,4 +1,5 @@
-"""The inference threads' setup: lower priority, and one CPU each when they match the CPUs the process may use."""
+"""The inference threads' setup: the idle scheduling policy, and one CPU each when they match the CPUs the process
+may use."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from services.core.runner import INFERENCE_NICENESS, InferenceThreads
+from services.core.runner import InferenceThreads
 
 T = TypeVar("T")
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
@@ -28,27 +29,27 @@ def in_every_thread(count: int, threads: InferenceThreads, probe: Callable[[], T
         return list(pool.map(lambda _: probed(), range(count)))
 
 
-def each_threads_cpus_and_niceness(count: int, pin: bool) -> list[tuple[frozenset[int], int]]:
-    """From inside each of `count` inference threads: its CPUs and its niceness."""
+def each_threads_cpus_and_policy(count: int, pin: bool) -> list[tuple[frozenset[int], int]]:
+    """From inside each of `count` inference threads: its CPUs and its scheduling policy."""
     return in_every_thread(
         count,
         InferenceThreads(count, pin),
-        lambda: (frozenset(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+        lambda: (frozenset(os.sched_getaffinity(0)), os.sched_getscheduler(threading.get_native_id())),
     )
 
 
 def test_as_many_threads_as_allowed_cpus_take_one_cpu_each() -> None:
     allowed = os.sched_getaffinity(0)
-    reports = each_threads_cpus_and_niceness(len(allowed), pin=True)
+    reports = each_threads_cpus_and_policy(len(allowed), pin=True)
     assert sorted(sorted(cpus) for cpus, _ in reports) == [[cpu] for cpu in sorted(allowed)]
-    # niceness is per thread and absolute: a process already nicer than that keeps its own (raising needs privilege)
-    assert {niceness for _, niceness in reports} == {max(INFERENCE_NICENESS, os.getpriority(os.PRIO_PROCESS, 0))}
+    assert {policy for _, policy in reports} == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the policy is per thread: the caller's is untouched
 
 
 @pytest.mark.parametrize("extra_threads, pin", [(1, True), (0, False)])
 def test_threads_float_over_every_allowed_cpu_otherwise(extra_threads: int, pin: bool) -> None:
     allowed = frozenset(os.sched_getaffinity(0))
-    reports = each_threads_cpus_and_niceness(len(allowed) + extra_threads, pin=pin)
+    reports = each_threads_cpus_and_policy(len(allowed) + extra_threads, pin=pin)
     assert {cpus for cpus, _ in reports} == {allowed}
 
 
