@@ -3,6 +3,7 @@ classification of its own message, and its own deadline."""
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.fixtures import WORDS
 pytestmark = pytest.mark.e2e
 
 CALLERS = 24
+ROUNDS = 5
 
 
 def messages(count: int) -> list[str]:
@@ -38,14 +40,27 @@ def samples(port: int, name: str) -> dict[str, float]:
     }
 
 
+def coalesced(port: int) -> tuple[float, float]:
+    """The gateway's count of messages sent in Classify calls, and of those calls."""
+    values = samples(port, "ecomserve_backend_coalesced_texts")
+    return values.get("ecomserve_backend_coalesced_texts_sum", 0.0), values.get(
+        "ecomserve_backend_coalesced_texts_count", 0.0
+    )
+
+
 def route_together(address: str, texts: list[str], timeouts: list[float]) -> list[object]:
-    """RouteMessage for every text at once (one thread per caller); each result is the response or the error."""
+    """RouteMessage for every text at once (one thread per caller, on a connected channel, all released together: on
+    a busy machine threads that start one by one may each be answered before the next calls); each result is the
+    response or the error."""
     with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        all_ready = threading.Barrier(len(texts))
 
         def route(index: int) -> object:
             request = gateway_pb2.RouteMessageRequest(message=texts[index])
             metadata = (("x-api-key", API_KEY), ("x-request-id", f"caller-{index}"))
+            all_ready.wait(timeout=30)
             try:
                 return stub.RouteMessage(request, metadata=metadata, timeout=timeouts[index])
             except grpc.RpcError as error:
@@ -69,15 +84,23 @@ def test_concurrent_messages_share_calls_and_each_gets_its_own_answer(launcher: 
             for text in texts
         ]
 
-    routed = route_together(gateway.address, texts, [30.0] * CALLERS)
-
-    for response, alone in zip(routed, expected, strict=True):
-        assert isinstance(response, gateway_pb2.RouteMessageResponse), response
-        assert [i.label for i in response.intents] == [label.label for label in alone.labels]
-        assert [i.score for i in response.intents] == pytest.approx([label.score for label in alone.labels], abs=1e-5)
-    coalesced = samples(metrics_port, "ecomserve_backend_coalesced_texts")
-    assert coalesced["ecomserve_backend_coalesced_texts_sum"] == CALLERS
-    assert coalesced["ecomserve_backend_coalesced_texts_count"] < CALLERS  # some calls carried several messages
+    # On a busy machine the classifier may answer each message before the gateway takes the next, so that nothing
+    # is shared in one round (1 run in 4 beside two busy processes): the rounds repeat until some call is shared.
+    for _ in range(ROUNDS):
+        texts_before, calls_before = coalesced(metrics_port)
+        routed = route_together(gateway.address, texts, [30.0] * CALLERS)
+        for response, alone in zip(routed, expected, strict=True):
+            assert isinstance(response, gateway_pb2.RouteMessageResponse), response
+            assert [i.label for i in response.intents] == [label.label for label in alone.labels]
+            assert [i.score for i in response.intents] == pytest.approx(
+                [label.score for label in alone.labels], abs=1e-5
+            )
+        texts_after, calls_after = coalesced(metrics_port)
+        assert texts_after - texts_before == CALLERS
+        calls = calls_after - calls_before
+        if calls < CALLERS:  # some calls carried several messages
+            return
+    pytest.fail(f"in {ROUNDS} rounds of {CALLERS} messages at once, every Classify call carried one message")
 
 
 def test_a_short_deadline_does_not_cut_the_call_it_shares(launcher: Launcher, model_repo: Path) -> None:
