@@ -72,7 +72,13 @@ def describe(config: Any) -> str:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def one_of(names: tuple[str, ...]) -> str:
+    """'a, b or c': the allowed values of a knob, for its help and its error."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def max_connection_age_knob() -> Any:
@@ -126,7 +132,7 @@ def require_tls_knobs(config: Any) -> None:
 
 def log_level_knob() -> Any:
     """The log_level knob every service has (checked by require_server_knobs)."""
-    return knob("info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+    return knob("info", one_of(LOG_LEVELS))
 
 
 def log_format_knob() -> Any:
@@ -154,18 +160,19 @@ def require_server_knobs(config: Any) -> None:
     require(0 <= config.metrics_port <= 65535, f"metrics_port must be 0..65535, got {config.metrics_port}")
     require(config.max_connection_age_s >= 0, f"max_connection_age_s must be >= 0, got {config.max_connection_age_s}")
     require(config.grace_period_s >= 0, f"grace_period_s must be >= 0, got {config.grace_period_s}")
-    require(
-        config.log_level in LOG_LEVELS,
-        f"log_level must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {config.log_level!r}",
-    )
-    require(config.log_format in ("text", "json"), f"log_format must be text or json, got {config.log_format!r}")
-    require(config.event_loop in EVENT_LOOPS, f"event_loop must be uvloop or asyncio, got {config.event_loop!r}")
+    require_one_of("log_level", config.log_level, LOG_LEVELS)
+    require_one_of("log_format", config.log_format, LOG_FORMATS)
+    require_one_of("event_loop", config.event_loop, EVENT_LOOPS)
 
 
 def require(condition: bool, message: str) -> None:
     """Validation helper for __post_init__: the message names the field and what it must be."""
     if not condition:
         raise ValueError(message)
+
+
+def require_one_of(field: str, value: str, names: tuple[str, ...]) -> None:
+    require(value in names, f"{field} must be {one_of(names)}, got {value!r}")
 
 
 def _converter(kind: Any) -> Any:

@@ -23,6 +23,7 @@ from services.core.config import (
     max_connection_age_knob,
     metrics_host_knob,
     require,
+    require_one_of,
     require_server_knobs,
     require_tls_knobs,
     tls_cert_knob,
@@ -79,7 +80,7 @@ class ModelServerConfig:
     def __post_init__(self) -> None:
         require_server_knobs(self)
         require_tls_knobs(self)
-        require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
+        require_one_of("device", self.device, DEVICES)
         require(self.repository_poll_s >= 0, f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
         require(self.max_versions >= 0, f"max_versions must be >= 0, got {self.max_versions}")
 
